@@ -1,0 +1,50 @@
+"""Ed25519 signatures over canonical JSON: the device signs content, the origin node the envelope.
+
+PyNaCl is pure computation here (no I/O), which is why `crdt` may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from crdt.canonical import b64encode
+from crdt.errors import SignatureError
+from crdt.op import Content, NodeId, Op
+
+
+def sign_content(content: Content, key: SigningKey) -> bytes:
+    """The author's device signature over canonical(content)."""
+    return bytes(key.sign(content.signing_bytes()).signature)
+
+
+def verify_content(content: Content, dsig: bytes, key: VerifyKey) -> None:
+    """Raise SignatureError unless `dsig` is `key`'s signature over `content`."""
+    _verify(key, content.signing_bytes(), dsig, "device")
+
+
+def sign_envelope(op: Op, key: SigningKey) -> Op:
+    """Return `op` with the origin node's signature over header + device signature."""
+    nsig = bytes(key.sign(op.envelope_signing_bytes()).signature)
+    return dataclasses.replace(op, nsig=nsig)
+
+
+def verify_envelope(op: Op, key: VerifyKey) -> None:
+    """Raise SignatureError unless the op carries `key`'s valid node signature."""
+    _verify(key, op.envelope_signing_bytes(), op.nsig, "node")
+
+
+def node_id_for(key: VerifyKey) -> NodeId:
+    """A node's id is its Ed25519 public key in unpadded base64url: self-certifying."""
+    return NodeId(b64encode(bytes(key)))
+
+
+def _verify(key: VerifyKey, message: bytes, signature: bytes, who: str) -> None:
+    if len(signature) != 64:
+        raise SignatureError(f"missing {who} signature")
+    try:
+        key.verify(message, signature)
+    except BadSignatureError as exc:
+        raise SignatureError(f"bad {who} signature") from exc
