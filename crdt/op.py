@@ -55,6 +55,8 @@ MAX_ATTR_STR: Final = 1024
 _ID_RE = re.compile(r"[A-Za-z0-9._:@=+/-]{1,128}")
 
 AttrValue = str | int | bool | list[str]
+OrderKey = tuple[int, int, str, str]
+"""(HLC l, HLC c, origin node, op id): the total order of a conversation's ops."""
 EMPTY_ATTRS: Final[Mapping[str, AttrValue]] = {}
 
 
@@ -210,7 +212,7 @@ class Op:
         return self.content.target
 
     @property
-    def order_key(self) -> tuple[int, int, str, str]:
+    def order_key(self) -> OrderKey:
         """The total order: (l, c, origin, op id)."""
         return (self.hlc.l, self.hlc.c, self.dot.origin, self.op_id)
 
