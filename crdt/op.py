@@ -89,7 +89,7 @@ class Dot:
         return cls(NodeId(check_id(value[0], "dot origin")), value[1])
 
 
-def _check_attrs(attrs: object) -> dict[str, AttrValue]:
+def check_attrs(attrs: object) -> dict[str, AttrValue]:
     if not isinstance(attrs, dict) or len(attrs) > MAX_ATTRS:
         raise DecodeError(f"attrs must be an object of at most {MAX_ATTRS} entries")
     for key, value in attrs.items():
@@ -130,7 +130,7 @@ class Content:
             raise DecodeError(f"unknown op kind {self.kind!r}")
         if self.target != "":
             check_id(self.target, "target")
-        _check_attrs(self.attrs)
+        check_attrs(self.attrs)
         if not isinstance(self.body, bytes) or len(self.body) > MAX_BODY_BYTES:
             raise DecodeError(f"body must be at most {MAX_BODY_BYTES} bytes")
 
@@ -168,7 +168,7 @@ class Content:
             author=UserId(check_id(value["author"], "author")),
             device=DeviceId(check_id(value["device"], "device")),
             target=target,
-            attrs=_check_attrs(value["attrs"]),
+            attrs=check_attrs(value["attrs"]),
             body=b64decode(value["body"], max_bytes=MAX_BODY_BYTES),
         )
 

@@ -121,138 +121,165 @@ class ConversationState:
     def fold(self, op: Op) -> bool:
         """Apply one ready op at the end of the order; returns whether it was visible."""
         self.last_key = op.order_key
-        visible = self._apply(op)
-        if not visible:
+        if self.refusal(op) is not None:
             self.hidden.add(op.op_id)
-        return visible
+            return False
+        self._mutate(op)
+        return True
 
     def _rank(self, user: str) -> int:
         role = self.members.get(UserId(user))
         return RANK[role] if role is not None else 0
 
-    def _apply(self, op: Op) -> bool:
-        kind = op.kind
-        author = op.author
+    def refusal(self, op: Op) -> str | None:
+        """Why `op`, placed at the end of the order, would be hidden; None if it would count.
+
+        The node asks this before accepting an op, so clients get a clear error instead of an
+        op that every replica would hide.
+        """
+        kind, author = op.kind, op.author
+        attrs = op.content.attrs
         if kind == "create":
-            return self._create(op)
+            return self._create_refusal(op)
+        if self.conv_type is None:
+            return "the conversation does not exist yet"
         if author not in self.members:
-            return False
-        if kind == "message":
-            key = op.order_key
-            self.messages[op.op_id] = MessageState(op=op, body=op.content.body, attrs=op.content.attrs)
-            self._keys.append(key)
-            self._ids.append(op.op_id)
-            return True
-        if kind == "key_share":
-            return True
+            return "the author is not a member"
+        if kind in ("message", "key_share"):
+            return None
         if kind in ("edit", "delete", "react", "unreact"):
             target = self.messages.get(OpId(op.target))
-            if target is None or target.deleted:
-                return False
+            if target is None:
+                return "the target is not a visible message"
+            if target.deleted:
+                return "the target message is deleted"
+            if kind == "edit" and target.op.author != author:
+                return "only the author may edit a message"
+            if kind == "delete" and target.op.author != author and self._rank(author) < RANK["admin"]:
+                return "only the author or an admin may delete a message"
+            if kind == "react":
+                rkey = attrs.get("key")
+                if not isinstance(rkey, str) or not 0 < len(rkey) <= MAX_REACTION_KEY:
+                    return f"a reaction needs attrs.key of 1-{MAX_REACTION_KEY} chars"
+            if kind == "unreact" and not self._own_reacts(op, target):
+                return "attrs.removes names none of the author's reactions on the target"
+            return None
+        if kind == "settings":
+            if self.conv_type == "group" and self._rank(author) < RANK["admin"]:
+                return "only admins and owners change group settings"
+            return None
+        return self._membership_refusal(op)
+
+    def _create_refusal(self, op: Op) -> str | None:
+        if self.conv_type is not None:
+            return "the conversation already exists"
+        attrs = op.content.attrs
+        others = attrs.get("members", [])
+        if not isinstance(others, list):
+            return "attrs.members must be a list of user ids"
+        if attrs.get("type") == "direct":
+            if len(others) != 1 or others[0] == op.author:
+                return "a direct conversation names exactly one other member"
+            return None
+        if attrs.get("type") == "group":
+            return None
+        return 'attrs.type must be "direct" or "group"'
+
+    def _own_reacts(self, op: Op, target: MessageState) -> list[OpId]:
+        removes = op.content.attrs.get("removes")
+        if not isinstance(removes, list):
+            return []
+        own = []
+        for react_id in removes:
+            found = self._reacts.get(OpId(react_id))
+            if found is None or found[0] != target.op.op_id:
+                continue
+            if target.reactions.get(found[1], {}).get(OpId(react_id)) == op.author:
+                own.append(OpId(react_id))
+        return own
+
+    def _membership_refusal(self, op: Op) -> str | None:
+        if self.conv_type != "group":
+            return "membership of a direct conversation cannot change"
+        author, target = op.author, UserId(op.target)
+        author_rank, target_rank = self._rank(author), self._rank(target)
+        role = op.content.attrs.get("role", "member")
+        if op.kind == "member_add":
+            if target_rank:
+                return "the user is already a member"
+            if not isinstance(role, str) or role not in RANK:
+                return "attrs.role must be owner, admin or member"
+            if author_rank < RANK["admin"] or RANK[role] > author_rank:
+                return "only admins add members, and nobody grants a role above their own"
+            return None
+        if op.kind == "member_remove":
+            if not target_rank:
+                return "the user is not a member"
+            if target != author and not (author_rank >= RANK["admin"] and author_rank > target_rank):
+                return "you may remove yourself, or members of lower rank if you are an admin"
+            return None
+        if op.kind == "member_role":
+            if not target_rank or target == author:
+                return "the target must be another member"
+            if not isinstance(role, str) or role not in RANK:
+                return "attrs.role must be owner, admin or member"
+            if author_rank < RANK["owner"]:
+                return "only owners change roles"
+            return None
+        return f"unknown op kind {op.kind!r}"
+
+    def _mutate(self, op: Op) -> None:
+        """Apply an op that `refusal` accepted."""
+        kind, author = op.kind, op.author
+        attrs = op.content.attrs
+        if kind == "create":
+            others = [UserId(u) for u in attrs.get("members", []) if isinstance(u, str)]  # type: ignore[union-attr]
+            if attrs["type"] == "direct":
+                self.conv_type = "direct"
+                self.members = {author: "member", others[0]: "member"}
+            else:
+                self.conv_type = "group"
+                self.members = {author: "owner"}
+                self.members.update({u: "member" for u in others if u != author})
+            title = attrs.get("title")
+            if isinstance(title, str):
+                self.settings["title"] = title
+        elif kind == "message":
+            self.messages[op.op_id] = MessageState(op=op, body=op.content.body, attrs=attrs)
+            self._keys.append(op.order_key)
+            self._ids.append(op.op_id)
+        elif kind in ("edit", "delete", "react", "unreact"):
+            target = self.messages[OpId(op.target)]
             if kind == "edit":
-                if target.op.author != author:
-                    return False
                 target.body = op.content.body
                 target.edited_by = op.op_id
-                return True
-            if kind == "delete":
-                if target.op.author != author and self._rank(author) < RANK["admin"]:
-                    return False
+            elif kind == "delete":
                 target.body = b""
                 target.deleted_by = op.op_id
                 for adds in target.reactions.values():
                     for react_id in adds:
                         self._reacts.pop(react_id, None)
                 target.reactions.clear()
-                return True
-            if kind == "react":
-                rkey = op.content.attrs.get("key")
-                if not isinstance(rkey, str) or not 0 < len(rkey) <= MAX_REACTION_KEY:
-                    return False
+            elif kind == "react":
+                rkey = str(attrs["key"])
                 target.reactions.setdefault(rkey, {})[op.op_id] = author
                 self._reacts[op.op_id] = (target.op.op_id, rkey)
-                return True
-            return self._unreact(op, target)
-        if kind == "settings":
-            if self.conv_type == "group" and self._rank(author) < RANK["admin"]:
-                return False
-            self.settings.update(op.content.attrs)
-            return True
-        return self._membership(op)
-
-    def _create(self, op: Op) -> bool:
-        if self.conv_type is not None:
-            return False
-        attrs = op.content.attrs
-        conv_type = attrs.get("type")
-        others = attrs.get("members", [])
-        if not isinstance(others, list):
-            return False
-        author = op.author
-        if conv_type == "direct":
-            if len(set(others)) != 1 or others[0] == author:
-                return False
-            self.members = {author: "member", UserId(others[0]): "member"}
-        elif conv_type == "group":
-            self.members = {author: "owner"}
-            for user in others:
-                if user != author:
-                    self.members[UserId(user)] = "member"
-        else:
-            return False
-        self.conv_type = "direct" if conv_type == "direct" else "group"
-        title = attrs.get("title")
-        if isinstance(title, str):
-            self.settings["title"] = title
-        return True
-
-    def _unreact(self, op: Op, target: MessageState) -> bool:
-        removes = op.content.attrs.get("removes")
-        if not isinstance(removes, list) or not removes:
-            return False
-        removed = False
-        for react_id in removes:
-            found = self._reacts.get(OpId(react_id))
-            if found is None or found[0] != target.op.op_id:
-                continue
-            adds = target.reactions.get(found[1], {})
-            if adds.get(OpId(react_id)) != op.author:
-                continue
-            del adds[OpId(react_id)]
-            if not adds:
-                del target.reactions[found[1]]
-            del self._reacts[OpId(react_id)]
-            removed = True
-        return removed
-
-    def _membership(self, op: Op) -> bool:
-        if self.conv_type != "group":
-            return False
-        author, target = op.author, UserId(op.target)
-        author_rank, target_rank = self._rank(author), self._rank(target)
-        role = op.content.attrs.get("role", "member")
-        if op.kind == "member_add":
-            if target_rank or role not in RANK or author_rank < RANK["admin"]:
-                return False
-            if RANK[str(role)] > author_rank:
-                return False
-            self.members[target] = str(role)
-            return True
-        if op.kind == "member_remove":
-            if not target_rank:
-                return False
-            if target != author and not (author_rank >= RANK["admin"] and author_rank > target_rank):
-                return False
-            del self.members[target]
-            return True
-        if op.kind == "member_role":
-            if not target_rank or target == author or role not in RANK:
-                return False
-            if author_rank < RANK["owner"]:
-                return False
-            self.members[target] = str(role)
-            return True
-        return False
+            else:
+                for react_id in self._own_reacts(op, target):
+                    rkey = self._reacts.pop(react_id)[1]
+                    adds = target.reactions[rkey]
+                    del adds[react_id]
+                    if not adds:
+                        del target.reactions[rkey]
+        elif kind == "settings":
+            self.settings.update(attrs)
+        elif kind == "member_add":
+            self.members[UserId(op.target)] = str(attrs.get("role", "member"))
+        elif kind == "member_remove":
+            del self.members[UserId(op.target)]
+        elif kind == "member_role":
+            self.members[UserId(op.target)] = str(attrs["role"])
+        # key_share: no effect on the view; clients read key shares from the op stream
 
 
 @dataclass(frozen=True, slots=True)
