@@ -89,7 +89,9 @@ class NodeConfig:
         if self.recall_window_s < 0 or self.max_clock_drift_ms < 0:
             raise ConfigError("recall_window_s and max_clock_drift_ms must be >= 0")
         if self.pwhash_level not in {"interactive", "moderate", "min"}:
-            raise ConfigError(f"pwhash_level must be interactive/moderate/min, not {self.pwhash_level}")
+            raise ConfigError(
+                f"pwhash_level must be interactive/moderate/min, not {self.pwhash_level}"
+            )
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG/INFO/WARNING/ERROR, not {self.log_level}")
 
@@ -102,13 +104,22 @@ class NodeConfig:
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
-    target = kind if isinstance(kind, type) else {"Path": Path}.get(str(kind), None)
+    target = kind if isinstance(kind, type) else {"Path": Path}.get(str(kind))
     if target is None:
         target = {"int": int, "float": float, "bool": bool, "str": str}.get(str(kind), str)
     if target is bool:
         if isinstance(raw, bool):
             return raw
-        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        if isinstance(raw, str) and raw.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
             return raw.lower() in {"1", "true", "yes", "on"}
         raise ConfigError(f"{name} must be a boolean, not {raw!r}")
     if target is int and isinstance(raw, bool):

@@ -96,7 +96,9 @@ def _request_id(frame: dict[str, Any]) -> RequestId:
 def _str(frame: dict[str, Any], name: str, rid: RequestId, *, max_len: int = 128) -> str:
     value = frame[name]
     if not isinstance(value, str) or not 0 < len(value) <= max_len:
-        raise ClientError("bad_frame", f"{name} must be a string of 1-{max_len} chars", request_id=rid)
+        raise ClientError(
+            "bad_frame", f"{name} must be a string of 1-{max_len} chars", request_id=rid
+        )
     return value
 
 
@@ -115,6 +117,11 @@ def parse_frame(data: str | bytes, *, max_bytes: int) -> ClientEvent:
         frame = strict_loads(data, max_bytes=max_bytes)
     except DecodeError as exc:
         raise ClientError("bad_json", f"frame is not valid JSON: {exc}") from None
+    return event_from_json(frame)
+
+
+def event_from_json(frame: object) -> ClientEvent:
+    """Validate an already-parsed frame; raises only ClientError."""
     if not isinstance(frame, dict):
         raise ClientError("bad_frame", "a frame must be a JSON object")
     rid = _request_id(frame)
@@ -126,7 +133,9 @@ def parse_frame(data: str | bytes, *, max_bytes: int) -> ClientEvent:
     if missing := required - present:
         raise ClientError("bad_frame", f"{kind} needs {', '.join(sorted(missing))}", request_id=rid)
     if extra := present - required - optional:
-        raise ClientError("bad_frame", f"{kind} has unknown {', '.join(sorted(extra))}", request_id=rid)
+        raise ClientError(
+            "bad_frame", f"{kind} has unknown {', '.join(sorted(extra))}", request_id=rid
+        )
     if kind == "auth":
         return Auth(_str(frame, "token", rid, max_len=MAX_TOKEN_LEN), rid)
     if kind == "ping":
@@ -186,7 +195,9 @@ class ServerConnection:
             self.errors += 1
             if self.state is State.AWAIT_AUTH:
                 self.state = State.CLOSED
-                raise ClientError("auth_required", "the first frame must be a valid auth frame")
+                raise ClientError(
+                    "auth_required", "the first frame must be a valid auth frame"
+                ) from None
             raise
         if self.state is State.AWAIT_AUTH and not isinstance(event, Auth):
             self.state = State.CLOSED

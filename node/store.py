@@ -36,6 +36,8 @@ from typing import Final, TypeAlias, TypeVar
 
 import lmdb
 
+from node.errors import NodeError
+
 __all__ = ["Delete", "Put", "Store", "StoreError", "Write"]
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,8 @@ _MAX_MAP_SIZE: Final = 1 << 40
 _DATA_FILE: Final = "data.mdb"
 
 
-class StoreError(Exception):
-    """Any failure of the storage layer (bad db name, bad key, LMDB error, closed store).
-
-    Will become a subclass of the node package's root ``NodeError`` once that exists.
-    """
+class StoreError(NodeError):
+    """Any failure of the storage layer (bad db name, bad key, LMDB error, closed store)."""
 
 
 @dataclass(frozen=True, slots=True)

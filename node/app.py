@@ -1,0 +1,144 @@
+"""Wiring: one node = store + identity + accounts + hub + sessions + HTTP/WebSocket endpoints.
+
+Collaborators are built here by hand and passed down; nothing is global. The aiohttp
+application's cleanup context owns start-up and shutdown order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from nacl.signing import VerifyKey
+
+from node.accounts import DBS as ACCOUNT_DBS
+from node.accounts import Accounts
+from node.config import NodeConfig
+from node.http_api import HttpApi, error_middleware
+from node.hub import DBS as HUB_DBS
+from node.hub import Hub
+from node.identity import load_or_create_key
+from node.metrics import Metrics
+from node.sessions import CLOSE_GOING_AWAY, Sessions
+from node.store import Store
+from node.ws import WsEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class AccountDirectory:
+    """Adapts Accounts to the hub's small DeviceDirectory port."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
+
+    def device_key(self, user: str, device: str) -> VerifyKey | None:
+        found = self.accounts.device(user, device)
+        return None if found is None else VerifyKey(found.keys.ed25519)
+
+    def user_exists(self, user: str) -> bool:
+        return self.accounts.user_exists(user)
+
+
+def build_app(config: NodeConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=config.max_frame_bytes * 2
+    )
+    metrics = Metrics()
+    app["metrics"] = metrics
+    app["config"] = config
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_key(data_dir)
+        store = Store(
+            data_dir / "lmdb",
+            dbs=(*ACCOUNT_DBS, *HUB_DBS),
+            map_size=config.map_size_mb << 20,
+            max_batch=config.max_commit_batch,
+            sync=config.fsync,
+        )
+        store.on_batch = metrics.on_batch
+        await store.start()
+        accounts = Accounts(
+            store,
+            token_ttl_s=config.token_ttl_s,
+            min_password_len=config.min_password_len,
+            register_open=config.register_open,
+            pwhash_level=config.pwhash_level,
+        )
+        sessions = Sessions(
+            metrics=metrics, rate_per_s=config.rate_per_s, rate_burst=config.rate_burst
+        )
+        hub = Hub(
+            store=store,
+            node_key=key,
+            devices=AccountDirectory(accounts),
+            fanout=sessions,
+            recall_window_s=config.recall_window_s,
+            require_device_signatures=config.require_device_signatures,
+            max_clock_drift_ms=config.max_clock_drift_ms,
+            max_group_members=config.max_group_members,
+        )
+        await asyncio.to_thread(hub.load)
+        sessions.contacts = hub.contacts
+        metrics.lmdb_size.set_function(store.size_bytes)
+        metrics.ops_stored.set_function(lambda: sum(len(log) for log in hub.logs.values()))
+        metrics.conversations.set_function(lambda: len(hub.logs))
+        api = HttpApi(config=config, accounts=accounts, hub=hub, sessions=sessions, metrics=metrics)
+        ws = WsEndpoint(
+            config=config, accounts=accounts, hub=hub, sessions=sessions, metrics=metrics
+        )
+        app.router.add_routes([*api.routes(), web.get("/v1/ws", ws.handle)])
+        app["hub"], app["sessions"], app["store"] = hub, sessions, store
+        api.ready = True
+        log.info("node %s ready at %s (data in %s)", hub.node_id, config.url, data_dir)
+        housekeeping = asyncio.create_task(_housekeeping(accounts), name="housekeeping")
+        try:
+            yield
+        finally:
+            api.ready = False
+            housekeeping.cancel()
+            await asyncio.gather(housekeeping, return_exceptions=True)
+        await store.close()
+        log.info("node %s stopped", hub.node_id)
+
+    async def going_away(app: web.Application) -> None:
+        sessions = app.get("sessions")
+        if sessions is not None:
+            sessions.close_all(CLOSE_GOING_AWAY)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(going_away)
+    return app
+
+
+async def _housekeeping(accounts: Accounts, every_s: float = 3600.0) -> None:
+    """Owned by the app lifecycle (cancelled and awaited at shutdown)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            purged = await accounts.purge_expired()
+            log.info("purged %d expired tokens", purged)
+        except Exception:
+            log.exception("housekeeping failed")
+
+
+async def serve(config: NodeConfig, *, stop: asyncio.Event) -> None:
+    """Run a node until `stop` is set, then shut down gracefully."""
+    app = build_app(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    for sock in site._server.sockets if site._server else ():
+        log.info("listening on %s", sock.getsockname())
+        print(f"yanzi node listening on http://{config.host}:{sock.getsockname()[1]}", flush=True)
+        break
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,293 @@
+"""The HTTP API: accounts, the short-connection half of sync, history, and operations endpoints.
+
+Every request body is strict JSON validated here; every refusal is `{"error": {"code", "message"}}`
+with the status from the error catalogue (node.errors).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from crdt import DecodeError, decode_cursor, encode_cursor, strict_loads
+from node.accounts import Accounts, DeviceKeys
+from node.config import NodeConfig
+from node.errors import ClientError
+from node.hub import Hub, Identity, direct_conv_id
+from node.metrics import Metrics
+from node.protocol import Send, event_from_json
+from node.sessions import CLOSE_LOGGED_OUT, Sessions
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+VERSION = "0.1.0"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ClientError as err:
+        request.app["metrics"].errors.labels(err.code).inc()
+        return _json({"error": {"code": err.code, "message": err.message}}, err.http_status)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        request.app["metrics"].errors.labels("internal").inc()
+        return _json({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+
+class HttpApi:
+    def __init__(
+        self,
+        *,
+        config: NodeConfig,
+        accounts: Accounts,
+        hub: Hub,
+        sessions: Sessions,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.hub = hub
+        self.sessions = sessions
+        self.metrics = metrics
+        self.ready = False
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/register", self.register),
+            web.post("/v1/login", self.login),
+            web.post("/v1/logout", self.logout),
+            web.post("/v1/logout_all", self.logout_all),
+            web.get("/v1/me", self.me),
+            web.get("/v1/users/{user}/devices", self.devices),
+            web.post("/v1/direct", self.direct),
+            web.post("/v1/ops", self.post_op),
+            web.get("/v1/conversations", self.conversations),
+            web.get("/v1/conversations/{conv}", self.conversation),
+            web.get("/v1/conversations/{conv}/messages", self.messages),
+            web.post("/v1/conversations/{conv}/read", self.read),
+            web.get("/v1/sync", self.sync),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics_endpoint),
+        ]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if (
+            request.content_length is not None
+            and request.content_length > self.config.max_frame_bytes
+        ):
+            raise ClientError("too_large", f"body larger than {self.config.max_frame_bytes} bytes")
+        raw = await request.content.read(self.config.max_frame_bytes + 1)
+        if len(raw) > self.config.max_frame_bytes:
+            raise ClientError("too_large", f"body larger than {self.config.max_frame_bytes} bytes")
+        try:
+            body = strict_loads(raw, max_bytes=self.config.max_frame_bytes)
+        except DecodeError as exc:
+            raise ClientError("bad_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ClientError("bad_request", "the body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _field(body: dict[str, Any], name: str, kind: type = str, *, required: bool = True) -> Any:
+        if name not in body:
+            if required:
+                raise ClientError("bad_request", f"missing field {name!r}")
+            return None
+        value = body[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ClientError("bad_request", f"field {name!r} must be {kind.__name__}")
+        return value
+
+    def _who(self, request: web.Request) -> tuple[Identity, str]:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ClientError("auth_required", "send Authorization: Bearer <token>")
+        found = self.accounts.authenticate(token.strip())
+        return Identity(user=found.user, device=found.device), token.strip()
+
+    def _int_query(self, request: web.Request, name: str, default: int, maximum: int) -> int:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        if not raw.isdigit() or not 0 < int(raw) <= maximum:
+            raise ClientError("bad_request", f"{name} must be an integer from 1 to {maximum}")
+        return int(raw)
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        username = self._field(body, "username")
+        await self.accounts.register(username, self._field(body, "password"))
+        return _json({"user": username}, 201)
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        keys_json = self._field(body, "keys", dict)
+        try:
+            keys = DeviceKeys.from_json(keys_json)
+        except DecodeError as exc:
+            raise ClientError("bad_request", f"keys: {exc}") from None
+        result = await self.accounts.login(
+            self._field(body, "username"),
+            self._field(body, "password"),
+            device=self._field(body, "device"),
+            device_name=self._field(body, "device_name", required=False) or "",
+            keys=keys,
+        )
+        return _json(
+            {
+                "token": result.token,
+                "user": result.user,
+                "device": result.device,
+                "expires_ms": result.expires_ms,
+                "node": self.hub.node_id,
+            }
+        )
+
+    async def logout(self, request: web.Request) -> web.Response:
+        _, token = self._who(request)
+        await self.accounts.logout(token)
+        return _json({"ok": True})
+
+    async def logout_all(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        revoked = await self.accounts.logout_all(who.user)
+        self.sessions.close_user(who.user, CLOSE_LOGGED_OUT)
+        return _json({"revoked": revoked})
+
+    async def me(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        return _json({"user": who.user, "device": who.device, "node": self.hub.node_id})
+
+    async def devices(self, request: web.Request) -> web.Response:
+        self._who(request)
+        user = request.match_info["user"]
+        if not self.accounts.user_exists(user):
+            raise ClientError("not_found", f"no user {user}")
+        return _json({"user": user, "devices": [d.to_json() for d in self.accounts.devices(user)]})
+
+    # -- conversations ------------------------------------------------------------------------
+
+    async def direct(self, request: web.Request) -> web.Response:
+        """Find or create the direct conversation with another user (idempotent for both)."""
+        who, _ = self._who(request)
+        body = await self._body(request)
+        peer = self._field(body, "user")
+        if peer == who.user:
+            raise ClientError("bad_request", "a direct conversation needs another user")
+        if not self.accounts.user_exists(peer):
+            raise ClientError("not_found", f"no user {peer}")
+        conv = direct_conv_id(who.user, peer)
+        if conv not in self.hub.logs:
+            send = Send(
+                id=None,
+                cmid=f"direct:{peer}",
+                conv=conv,
+                kind="create",
+                attrs={"type": "direct", "members": [peer]},
+            )
+            try:
+                await self.hub.submit(who, send)
+            except ClientError as err:
+                if err.code != "conflict":  # the peer created it at the same moment
+                    raise
+        return _json({"conv": conv})
+
+    async def post_op(self, request: web.Request) -> web.Response:
+        """The HTTP form of the WebSocket `send` frame (for bots and clients without a socket)."""
+        who, _ = self._who(request)
+        body = await self._body(request)
+        if "type" in body or "id" in body:
+            raise ClientError("bad_request", "the body is a send frame without type and id")
+        event = event_from_json({**body, "type": "send"})
+        assert isinstance(event, Send)
+        if not self.sessions.allow(who.user, who.device):
+            raise ClientError("rate_limited", f"more than {self.config.rate_per_s:g} sends/s")
+        ack = await self.hub.submit(who, event)
+        self.metrics.sends.labels(event.kind).inc()
+        frame = ack.to_json(None)
+        del frame["type"]
+        return _json(frame)
+
+    async def conversations(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        return _json({"conversations": self.hub.conversation_list(who.user)})
+
+    async def conversation(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        conv = request.match_info["conv"]
+        state = self.hub.member_log(who.user, conv).state
+        return _json(
+            {
+                "conv": conv,
+                "type": state.conv_type,
+                "settings": dict(state.settings),
+                "members": dict(state.members),
+                "version_vector": self.hub.logs[conv].version_vector.to_json(),  # type: ignore[index]
+            }
+        )
+
+    async def messages(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        limit = self._int_query(request, "limit", 50, self.config.max_history_page)
+        before = request.query.get("before") or None
+        page, more = self.hub.history(who.user, request.match_info["conv"], before, limit)
+        return _json({"messages": page, "more": more})
+
+    async def read(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        body = await self._body(request)
+        moved = await self.hub.mark_read(
+            who.user, request.match_info["conv"], self._field(body, "op_id")
+        )
+        return _json({"moved": moved})
+
+    async def sync(self, request: web.Request) -> web.Response:
+        who, _ = self._who(request)
+        limit = self._int_query(
+            request, "limit", self.config.max_sync_page, self.config.max_sync_page
+        )
+        try:
+            cursor = decode_cursor(request.query.get("cursor", ""))
+        except DecodeError as exc:
+            raise ClientError("bad_request", f"cursor: {exc}") from None
+        ops, new_cursor, more = self.hub.sync(who.user, cursor, limit)
+        return _json(
+            {
+                "ops": [op.to_json() for op in ops],
+                "cursor": encode_cursor(new_cursor),
+                "more": more,
+            }
+        )
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(
+            {"ok": True, "node": self.hub.node_id, "version": VERSION, "region": self.config.region}
+        )
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        status = 200 if self.ready else 503
+        return _json({"ready": self.ready}, status)
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type}
+        )

@@ -1,0 +1,428 @@
+"""The conversation hub: accepts client ops, makes them durable, applies and fans them out.
+
+It owns the node's in-memory `MessageLog`s (loaded from LMDB at start; LMDB is the source of
+truth), the HLC, per-conversation seq reservation, client-message-id de-duplication and read
+markers. Sockets live elsewhere: delivery goes through the small `Fanout` port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nacl.signing import SigningKey, VerifyKey
+
+from crdt import (
+    Content,
+    ConvId,
+    CrdtError,
+    Cursor,
+    DeviceId,
+    Dot,
+    HybridClock,
+    MessageLog,
+    Op,
+    OrderKey,
+    ReadMarkers,
+    SignatureError,
+    UserId,
+    advance,
+    b64encode,
+    cursor_vv,
+    marker_from_json,
+    node_id_for,
+    sign_envelope,
+    verify_content,
+)
+from node.errors import ClientError
+from node.protocol import Send, encode
+from node.store import Put, Store
+
+log = logging.getLogger(__name__)
+DBS = ("ops", "cmids", "markers")
+
+
+class Fanout(Protocol):
+    def deliver(self, users: Iterable[str], frame: str) -> None: ...
+
+
+class DeviceDirectory(Protocol):
+    def device_key(self, user: str, device: str) -> VerifyKey | None: ...
+    def user_exists(self, user: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    op: Op
+
+    def to_json(self, request_id: object) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "type": "ack",
+            "op_id": self.op.op_id,
+            "conv": self.op.conv,
+            "hlc": self.op.hlc.to_json(),
+            "dot": self.op.dot.to_json(),
+        }
+        if request_id is not None:
+            frame["id"] = request_id
+        return frame
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity:
+    user: str
+    device: str
+
+
+def direct_conv_id(a: str, b: str) -> ConvId:
+    """The one id two users' direct conversation has on every node: derived from the pair."""
+    pair = "\x00".join(sorted((a, b))).encode()
+    return ConvId("d_" + b64encode(hashlib.sha256(pair).digest()[:18]))
+
+
+def _op_key(op: Op) -> bytes:
+    return b"%s\x00%s\x00%s" % (
+        op.conv.encode(),
+        op.dot.origin.encode(),
+        struct.pack(">Q", op.dot.seq),
+    )
+
+
+def _cmid_key(user: str, device: str, cmid: str) -> bytes:
+    return "\x00".join((user, device, cmid)).encode()
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        node_key: SigningKey,
+        devices: DeviceDirectory,
+        fanout: Fanout,
+        recall_window_s: int,
+        require_device_signatures: bool,
+        max_clock_drift_ms: int,
+        max_group_members: int,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.store = store
+        self.node_key = node_key
+        self.node_id = node_id_for(node_key.verify_key)
+        self.devices = devices
+        self.fanout = fanout
+        self.recall_window_ms = recall_window_s * 1000
+        self.require_device_signatures = require_device_signatures
+        self.max_group_members = max_group_members
+        self.clock_ms = clock_ms
+        self.clock = HybridClock(max_drift_ms=max_clock_drift_ms)
+        self.logs: dict[ConvId, MessageLog] = {}
+        self.markers: dict[ConvId, ReadMarkers] = {}
+        self._convs_of: dict[str, set[ConvId]] = {}
+        self._members: dict[ConvId, frozenset[str]] = {}
+        self._next_seq: dict[ConvId, int] = {}
+        self._inflight: dict[bytes, asyncio.Future[Op]] = {}
+        self.on_op: list[Callable[[Op], None]] = []  # e.g. metrics, federation
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def load(self) -> int:
+        """Rebuild every log, the HLC, the member index and read markers from LMDB."""
+        count = 0
+        latest = None
+        for _, raw in self.store.scan("ops"):
+            op = Op.from_bytes(raw)
+            self._log(op.conv, create=True).apply(op)
+            if latest is None or op.hlc > latest:
+                latest = op.hlc
+            count += 1
+        if latest is not None:
+            self.clock = HybridClock(max_drift_ms=self.clock.max_drift_ms, last=latest)
+        for conv in self.logs:
+            self._reindex(conv)
+        for key, raw in self.store.scan("markers"):
+            conv_id, user = key.decode().split("\x00", 1)
+            self.markers.setdefault(ConvId(conv_id), ReadMarkers()).set(
+                user, marker_from_json(json.loads(raw))
+            )
+        log.info("loaded %d ops in %d conversations", count, len(self.logs))
+        return count
+
+    def _log(self, conv: ConvId, *, create: bool = False) -> MessageLog:
+        found = self.logs.get(conv)
+        if found is None:
+            if not create:
+                raise ClientError("not_found", f"no conversation {conv}")
+            found = self.logs[conv] = MessageLog(conv)
+        return found
+
+    def _reindex(self, conv: ConvId) -> tuple[frozenset[str], frozenset[str]]:
+        """Refresh the user -> conversations index; returns (members before, members after)."""
+        before = self._members.get(conv, frozenset())
+        after = frozenset(self.logs[conv].state.members)
+        if before != after:
+            for user in before - after:
+                self._convs_of.get(user, set()).discard(conv)
+            for user in after - before:
+                self._convs_of.setdefault(user, set()).add(conv)
+            self._members[conv] = after
+        return before, after
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def conversations_of(self, user: str) -> list[ConvId]:
+        return sorted(self._convs_of.get(user, ()))
+
+    def member_log(self, user: str, conv: str) -> MessageLog:
+        mlog = self.logs.get(ConvId(conv))
+        if mlog is None:
+            raise ClientError("not_found", f"no conversation {conv}")
+        if user not in self._members.get(ConvId(conv), ()):
+            raise ClientError("not_member", f"you are not a member of {conv}")
+        return mlog
+
+    def contacts(self, user: str) -> set[str]:
+        """Everyone who shares a conversation with `user` (presence goes to them)."""
+        found: set[str] = set()
+        for conv in self._convs_of.get(user, ()):
+            found |= self._members.get(conv, frozenset())
+        return found
+
+    def members(self, conv: ConvId) -> frozenset[str]:
+        return self._members.get(conv, frozenset())
+
+    # -- accepting ops ------------------------------------------------------------------------
+
+    async def submit(self, who: Identity, send: Send) -> Ack:
+        """Validate, stamp, durably commit, apply and fan out one client op (exactly once)."""
+        key = _cmid_key(who.user, who.device, send.cmid)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return Ack(await asyncio.shield(pending))
+        done = self._already_done(key)
+        if done is not None:
+            return Ack(done)
+        content = self._validate(who, send)
+        op = self._stamp(content, send.dsig)
+        future: asyncio.Future[Op] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            await self.store.commit(
+                [
+                    Put("ops", _op_key(op), op.to_bytes()),
+                    Put("cmids", key, json.dumps([op.conv, *op.dot.to_json()]).encode()),
+                ]
+            )
+        except Exception as exc:
+            log.exception("commit failed for conv %s", op.conv)
+            err = ClientError("unavailable", "the node could not store the op; retry later")
+            future.set_exception(err)
+            future.exception()  # retrieved: waiters re-raise it
+            raise err from exc
+        finally:
+            del self._inflight[key]
+        self.accept(op)
+        future.set_result(op)
+        return Ack(op)
+
+    def _already_done(self, key: bytes) -> Op | None:
+        """The op a previous send with this client message id produced, if it was committed."""
+        raw = self.store.get("cmids", key)
+        if raw is None:
+            return None
+        conv, origin, seq = json.loads(raw)
+        mlog = self.logs.get(ConvId(conv))
+        return None if mlog is None else mlog.by_dot(Dot(origin, seq))
+
+    def _validate(self, who: Identity, send: Send) -> Content:
+        try:
+            content = Content(
+                conv=ConvId(send.conv),
+                kind=send.kind,  # type: ignore[arg-type]
+                author=UserId(who.user),
+                device=DeviceId(who.device),
+                target=send.target,
+                attrs=send.attrs,
+                body=send.body,
+            )
+        except CrdtError as exc:
+            raise ClientError("bad_frame", str(exc)) from None
+        self._check_signature(content, send.dsig)
+        conv = ConvId(send.conv)
+        if send.kind == "create":
+            self._check_create(who, content)
+            state = MessageLog(conv).state
+        else:
+            state = self.member_log(who.user, conv).state
+        probe = Op(content=content, hlc=self.clock.last, dot=Dot(self.node_id, 1))
+        reason = state.refusal(probe)
+        if reason is not None:
+            code = "not_found" if "target" in reason else "forbidden"
+            raise ClientError(code, reason)
+        if send.kind == "delete":
+            self._check_recall(who, state.message(send.target), state.role(who.user))
+        if send.kind == "member_add" and len(state.members) >= self.max_group_members:
+            raise ClientError(
+                "forbidden", f"groups are limited to {self.max_group_members} members"
+            )
+        if send.kind == "member_add" and not self.devices.user_exists(send.target):
+            raise ClientError("not_found", f"no user {send.target}")
+        return content
+
+    def _check_signature(self, content: Content, dsig: bytes) -> None:
+        if not dsig:
+            if self.require_device_signatures:
+                raise ClientError("bad_signature", "this node requires a device signature (dsig)")
+            return
+        key = self.devices.device_key(content.author, content.device)
+        if key is None:
+            raise ClientError("bad_signature", "no signing key is registered for this device")
+        try:
+            verify_content(content, dsig, key)
+        except SignatureError:
+            raise ClientError(
+                "bad_signature", "dsig does not verify against the device key"
+            ) from None
+
+    def _check_create(self, who: Identity, content: Content) -> None:
+        conv = content.conv
+        if conv in self.logs:
+            raise ClientError("conflict", f"conversation {conv} already exists")
+        members = content.attrs.get("members", [])
+        if not isinstance(members, list):
+            raise ClientError("bad_frame", "attrs.members must be a list of user ids")
+        for user in members:
+            if not self.devices.user_exists(user):
+                raise ClientError("not_found", f"no user {user}")
+        if len(set(members) | {who.user}) > self.max_group_members:
+            raise ClientError(
+                "forbidden", f"groups are limited to {self.max_group_members} members"
+            )
+        if (
+            content.attrs.get("type") == "direct"
+            and len(members) == 1
+            and conv != direct_conv_id(who.user, members[0])
+        ):
+            raise ClientError(
+                "bad_frame",
+                f"a direct conversation with {members[0]} must have id "
+                f"{direct_conv_id(who.user, members[0])}",
+            )
+
+    def _check_recall(self, who: Identity, message: Any, role: str | None) -> None:
+        if message is None or role in ("admin", "owner"):
+            return
+        age = self.clock_ms() - message.op.hlc.l
+        if age > self.recall_window_ms:
+            raise ClientError(
+                "recall_window",
+                f"messages can be recalled for {self.recall_window_ms // 1000} s; this one is "
+                f"{age // 1000} s old",
+            )
+
+    def _stamp(self, content: Content, dsig: bytes) -> Op:
+        conv = content.conv
+        mlog = self.logs.get(conv)
+        floor = mlog.next_seq(self.node_id) if mlog is not None else 1
+        seq = max(floor, self._next_seq.get(conv, 1))
+        self._next_seq[conv] = seq + 1
+        hlc = self.clock.tick(self.clock_ms())
+        op = Op(content=content, hlc=hlc, dot=Dot(self.node_id, seq), dsig=dsig)
+        return sign_envelope(op, self.node_key)
+
+    def accept(self, op: Op) -> None:
+        """Apply a durable op to its log and deliver it to every member's sessions."""
+        self._log(op.conv, create=True).apply(op)
+        before, after = self._reindex(op.conv)
+        recipients = before | after
+        if op.kind in ("member_remove", "member_add", "member_role"):
+            recipients |= {op.target}
+        self.fanout.deliver(recipients, encode({"type": "op", "op": op.to_json()}))
+        for callback in self.on_op:
+            callback(op)
+
+    # -- catch-up -----------------------------------------------------------------------------
+
+    def sync(self, user: str, cursor: Cursor, limit: int) -> tuple[list[Op], Cursor, bool]:
+        """Ops the cursor lacks in the user's conversations, paged; returns the advanced cursor."""
+        out: list[Op] = []
+        new_cursor: Cursor = {conv: dict(vv) for conv, vv in cursor.items()}
+        more = False
+        for conv in self.conversations_of(user):
+            remaining = limit - len(out)
+            if remaining <= 0:
+                more = True
+                break
+            vv = cursor_vv(cursor, conv)
+            page = self.logs[conv].missing_for(vv, limit=remaining + 1)
+            if len(page) > remaining:
+                page, more = page[:remaining], True
+            for op in page:
+                vv.add(op.dot)
+            advance(new_cursor, conv, vv)
+            out.extend(page)
+        return out, new_cursor, more
+
+    def history(
+        self, user: str, conv: str, before: str | None, limit: int
+    ) -> tuple[list[Any], bool]:
+        state = self.member_log(user, conv).state
+        key: OrderKey | None = None
+        if before:
+            anchor = state.message(before)
+            if anchor is None:
+                raise ClientError("not_found", f"no message {before} in {conv}")
+            key = anchor.op.order_key
+        page = state.messages_before(key, limit + 1)
+        more = len(page) > limit
+        return [m.to_json() for m in page[-limit:]], more
+
+    def conversation_list(self, user: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for conv in self.conversations_of(user):
+            state = self.logs[conv].state
+            last = state.last_message()
+            marker = self.markers.get(conv, ReadMarkers()).get(user)
+            rows.append(
+                {
+                    "conv": conv,
+                    "type": state.conv_type,
+                    "settings": dict(state.settings),
+                    "members": dict(state.members),
+                    "last_message": None if last is None else last.to_json(),
+                    "unread": state.unread_count(user, marker),
+                    "read_marker": None if marker is None else list(marker),
+                }
+            )
+        rows.sort(
+            key=lambda r: r["last_message"]["hlc"] if r["last_message"] else [0, 0], reverse=True
+        )
+        return rows
+
+    async def mark_read(self, user: str, conv: str, op_id: str) -> bool:
+        state = self.member_log(user, conv).state
+        message = state.message(op_id)
+        if message is None:
+            raise ClientError("not_found", f"no message {op_id} in {conv}")
+        markers = self.markers.setdefault(ConvId(conv), ReadMarkers())
+        key = message.op.order_key
+        if not markers.set(user, key):
+            return False
+        await self.store.commit(
+            [Put("markers", f"{conv}\x00{user}".encode(), json.dumps(list(key)).encode())]
+        )
+        frame = {"type": "read", "conv": conv, "user": user, "op_id": op_id}
+        self.fanout.deliver(self.members(ConvId(conv)), encode(frame))
+        return True
+
+    def typing(self, user: str, conv: str, active: bool) -> None:
+        self.member_log(user, conv)
+        frame = {"type": "typing", "conv": conv, "user": user, "active": active}
+        self.fanout.deliver(self.members(ConvId(conv)) - {user}, encode(frame))

@@ -1,0 +1,178 @@
+"""Live sessions: who is connected, bounded per-connection send queues, rate limits, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+
+from node.metrics import Metrics
+from node.protocol import encode
+
+log = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications). docs/protocol.md.
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL = 4000
+CLOSE_AUTH_FAILED = 4001
+CLOSE_AUTH_TIMEOUT = 4002
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_TOO_MANY_ERRORS = 4009
+CLOSE_IDLE = 4010
+CLOSE_LOGGED_OUT = 4011
+
+_ids = itertools.count(1)
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; time is passed in so tests stay deterministic."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Session:
+    """One authenticated WebSocket. `push` never blocks; a full queue marks the session slow."""
+
+    def __init__(self, ws: web.WebSocketResponse, user: str, device: str, *, queue_size: int):
+        self.id = next(_ids)
+        self.ws = ws
+        self.user = user
+        self.device = device
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
+        self.slow = False
+        self.close_code: int | None = None
+
+    def push(self, frame: str) -> bool:
+        if self.slow or self.close_code is not None:
+            return False
+        try:
+            self.queue.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            self.slow = True
+            self.close_code = CLOSE_SLOW_CONSUMER
+            # Wake the writer so it closes the socket promptly; the queue holds at most a few.
+            self._drain_and_stop()
+            return False
+
+    def stop(self, code: int | None = None) -> None:
+        if self.close_code is None and code is not None:
+            self.close_code = code
+        self._drain_and_stop()
+
+    def _drain_and_stop(self) -> None:
+        while True:
+            try:
+                self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        self.queue.put_nowait(None)
+
+    async def run_writer(self, metrics: Metrics) -> None:
+        """Send queued frames until stopped; then close the socket with the recorded code."""
+        while True:
+            frame = await self.queue.get()
+            if frame is None:
+                break
+            try:
+                await self.ws.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                break
+            metrics.frames_out.inc()
+        if self.close_code is not None and not self.ws.closed:
+            message = {
+                CLOSE_SLOW_CONSUMER: b"slow consumer: catch up with GET /v1/sync",
+                CLOSE_GOING_AWAY: b"server shutting down",
+            }.get(self.close_code, b"")
+            await self.ws.close(code=self.close_code, message=message)
+
+
+class Sessions:
+    """The registry of live sessions, and the hub's `Fanout` port."""
+
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        rate_per_s: float,
+        rate_burst: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metrics = metrics
+        self.by_user: dict[str, set[Session]] = {}
+        self.rate_per_s, self.rate_burst = rate_per_s, rate_burst
+        self.monotonic = monotonic
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self.contacts: Callable[[str], Iterable[str]] = lambda user: ()
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.by_user.values())
+
+    def add(self, session: Session) -> None:
+        first = session.user not in self.by_user
+        self.by_user.setdefault(session.user, set()).add(session)
+        self.metrics.connections.inc()
+        if first:
+            self._presence(session.user, online=True)
+
+    def remove(self, session: Session) -> None:
+        sessions = self.by_user.get(session.user)
+        if sessions is None or session not in sessions:
+            return
+        sessions.discard(session)
+        self.metrics.connections.dec()
+        if not sessions:
+            del self.by_user[session.user]
+            self._presence(session.user, online=False)
+
+    def online(self, user: str) -> bool:
+        return user in self.by_user
+
+    def deliver(self, users: Iterable[str], frame: str) -> None:
+        for user in users:
+            for session in tuple(self.by_user.get(user, ())):
+                if session.push(frame):
+                    self.metrics.deliveries.inc()
+                elif session.slow:
+                    self.metrics.slow_consumers.inc()
+                    log.warning("session %d of %s closed: slow consumer", session.id, user)
+
+    def allow(self, user: str, device: str) -> bool:
+        """Per-device rate limit, shared by all of that device's sessions."""
+        now = self.monotonic()
+        bucket = self._buckets.get((user, device))
+        if bucket is None:
+            bucket = self._buckets[(user, device)] = TokenBucket(
+                self.rate_per_s, self.rate_burst, now
+            )
+        return bucket.take(now)
+
+    def close_user(self, user: str, code: int) -> None:
+        for session in tuple(self.by_user.get(user, ())):
+            session.stop(code)
+
+    def close_all(self, code: int) -> None:
+        for sessions in tuple(self.by_user.values()):
+            for session in tuple(sessions):
+                session.stop(code)
+
+    def _presence(self, user: str, *, online: bool) -> None:
+        frame = encode({"type": "presence", "user": user, "online": online})
+        self.deliver(set(self.contacts(user)) - {user}, frame)
