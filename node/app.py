@@ -134,10 +134,13 @@ async def serve(config: NodeConfig, *, stop: asyncio.Event) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
-    for sock in site._server.sockets if site._server else ():
-        log.info("listening on %s", sock.getsockname())
-        print(f"yanzi node listening on http://{config.host}:{sock.getsockname()[1]}", flush=True)
-        break
+    port = config.port
+    sockets = getattr(site._server, "sockets", None)  # the real port when config.port is 0
+    if sockets:
+        port = sockets[0].getsockname()[1]
+    log.info("listening on %s:%d", config.host, port)
+    # Tests and scripts read this line to learn the port: keep its shape.
+    print(f"yanzi node listening on http://{config.host}:{port}", flush=True)
     try:
         await stop.wait()
     finally:
