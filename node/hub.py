@@ -47,6 +47,8 @@ from node.store import Put, Store
 
 log = logging.getLogger(__name__)
 DBS = ("ops", "cmids", "markers")
+# Only these kinds change who is in a conversation (an op applied at the end of the order).
+MEMBERSHIP_KINDS = frozenset({"create", "member_add", "member_remove", "member_role"})
 
 
 class Fanout(Protocol):
@@ -340,10 +342,11 @@ class Hub:
     def accept(self, op: Op) -> None:
         """Apply a durable op to its log and deliver it to every member's sessions."""
         self._log(op.conv, create=True).apply(op)
-        before, after = self._reindex(op.conv)
-        recipients = before | after
-        if op.kind in ("member_remove", "member_add", "member_role"):
-            recipients |= {op.target}
+        if op.kind in MEMBERSHIP_KINDS:
+            before, after = self._reindex(op.conv)
+            recipients = before | after | {op.target}
+        else:
+            recipients = self._members.get(op.conv, frozenset())
         self.fanout.deliver(recipients, encode({"type": "op", "op": op.to_json()}))
         for callback in self.on_op:
             callback(op)
