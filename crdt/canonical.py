@@ -2,8 +2,15 @@
 
 Canonical form: object keys sorted by code point, compact separators, UTF-8 without escaping
 non-ASCII, integers only within ±(2**53 - 1), no floats. Strict decoding refuses duplicate keys,
-floats, NaN/Infinity, integers outside that range, excessive nesting and oversized input; it raises
-only `DecodeError`.
+floats, NaN/Infinity, integers outside that range, lone surrogates (they have no UTF-8 form),
+more than `DEFAULT_MAX_DEPTH` nested arrays/objects and oversized input; it raises only
+`DecodeError`.
+
+`canonicalize` is the Matrix-compatible re-encoder for JSON text written by someone else: like
+`strict_loads`, except that a number written with a fraction or exponent is accepted when its
+value is an integer in range (the spec's example turns `{"a": -0, "b": 1e10}` into
+`{"a":0,"b":10000000000}`). Yanzi's own wire never needs it: `canonical_json` only writes plain
+integers, and `strict_loads` refuses every other spelling.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from crdt.errors import DecodeError
@@ -25,10 +34,22 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+# A lone surrogate is a valid Python str (and json.loads yields one for "\ud800") but has no
+# UTF-8 encoding, so it can be neither signed nor sent: refuse it as input, not at encode time.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_str(text: str) -> None:
+    if _SURROGATE.search(text):
+        raise DecodeError("string contains a lone surrogate (not encodable as UTF-8)")
+
+
 def _check(value: Any, depth: int) -> None:
-    if depth > DEFAULT_MAX_DEPTH:
-        raise DecodeError("value nested too deeply")
-    if value is None or isinstance(value, (bool, str)):
+    """Validate a JSON value; `depth` is the number of arrays/objects enclosing `value`."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_str(value)
         return
     if isinstance(value, int):
         if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
@@ -36,6 +57,9 @@ def _check(value: Any, depth: int) -> None:
         return
     if isinstance(value, float):
         raise DecodeError("floats are not allowed in canonical JSON")
+    if isinstance(value, (list, tuple, dict)) and depth >= DEFAULT_MAX_DEPTH:
+        # Count containers, not values, so that `[]` and `[0]` nest equally deep.
+        raise DecodeError(f"more than {DEFAULT_MAX_DEPTH} nested arrays/objects")
     if isinstance(value, (list, tuple)):
         for item in value:
             _check(item, depth + 1)
@@ -44,6 +68,7 @@ def _check(value: Any, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise DecodeError("object keys must be strings")
+            _check_str(key)
             _check(item, depth + 1)
         return
     raise DecodeError(f"type {type(value).__name__} is not JSON")
@@ -79,26 +104,46 @@ def _int(text: str) -> int:
     return value
 
 
-def strict_loads(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """Parse JSON strictly; raises only DecodeError."""
+def _integral_number(text: str) -> int:
+    """A number spelt with a fraction or exponent, accepted only if its value is an integer."""
+    if len(text) > 64:  # bound Decimal's work; no sane integer needs more
+        raise DecodeError("number too long")
+    try:
+        number = Decimal(text)
+    except InvalidOperation as exc:  # exponent beyond what Decimal's context can hold
+        raise DecodeError(f"number {text[:32]} out of range") from exc
+    if number.is_zero():
+        return 0  # "-0", "0.0", "0e999": Matrix forbids -0 in the output, so it becomes 0
+    if number.adjusted() > 15 or number != number.to_integral_value():
+        raise DecodeError(f"number {text[:32]} is not an integer within ±(2**53-1)")
+    return _int(str(int(number)))
+
+
+def _text_of(data: bytes | str, max_bytes: int) -> str:
     if isinstance(data, str):
-        if len(data) > max_bytes:
+        # Measure UTF-8 bytes, not characters: a 4-byte character counts 4 towards the limit.
+        if len(data) > max_bytes or (
+            len(data) * 4 > max_bytes and len(data.encode("utf-8", "surrogatepass")) > max_bytes
+        ):
             raise DecodeError(f"input larger than {max_bytes} bytes")
-        text = data
-    elif isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
         if len(data) > max_bytes:
             raise DecodeError(f"input larger than {max_bytes} bytes")
         try:
-            text = bytes(data).decode("utf-8")
+            return bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError("input is not valid UTF-8") from exc
-    else:
-        raise DecodeError(f"cannot decode {type(data).__name__}")
+    raise DecodeError(f"cannot decode {type(data).__name__}")
+
+
+def _loads(data: bytes | str, max_bytes: int, parse_float: Callable[[str], Any]) -> Any:
+    text = _text_of(data, max_bytes)
     try:
         value = json.loads(
             text,
             object_pairs_hook=_pairs,
-            parse_float=_no_float,
+            parse_float=parse_float,
             parse_int=_int,
             parse_constant=_no_constant,
         )
@@ -108,6 +153,21 @@ def strict_loads(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> An
         raise DecodeError(f"malformed JSON: {exc}") from exc
     _check(value, 0)
     return value
+
+
+def strict_loads(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """Parse JSON strictly; raises only DecodeError."""
+    return _loads(data, max_bytes, _no_float)
+
+
+def canonicalize(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Re-encode JSON text written elsewhere as canonical JSON (Matrix appendix semantics).
+
+    Numbers may be spelt any way JSON allows as long as their value is an integer within
+    ±(2**53-1) (`1e10`, `-0`, `2.0`); everything else `strict_loads` refuses is refused too.
+    Raises only DecodeError.
+    """
+    return canonical_json(_loads(data, max_bytes, _integral_number))
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")

@@ -1,6 +1,12 @@
 """Hybrid logical clock (Kulkarni, Demirbas et al., "Logical Physical Clocks", 2014).
 
 Pure: the caller passes the physical time in milliseconds; the clock never reads one.
+
+The paper's counter is unbounded; ours stops at `MAX_C`. When `c` would pass it the clock carries
+into `l` (`(l, MAX_C)` is followed by `(l + 1, 0)`), so a peer that sends a valid stamp with a
+huge counter cannot wedge our clock: without the carry every later `tick` would fail until
+physical time overtook the peer's `l`. A `now_ms` above `MAX_L` (a broken clock) makes `tick`
+and `observe` raise DecodeError and leave the clock unchanged.
 """
 
 from __future__ import annotations
@@ -40,8 +46,15 @@ class Timestamp:
 ZERO = Timestamp(0, 0)
 
 
+def _stamp(l: int, c: int) -> Timestamp:  # noqa: E741 - the paper's name
+    """`(l, c)`, carrying an exhausted counter into `l` (see the module docstring)."""
+    if c > MAX_C:
+        return Timestamp(l + 1, 0)
+    return Timestamp(l, c)
+
+
 class HybridClock:
-    """One replica's HLC. `now()` never goes backwards, whatever physical time does."""
+    """One replica's HLC. `tick()` never goes backwards, whatever physical time does."""
 
     __slots__ = ("_last", "max_drift_ms")
 
@@ -58,12 +71,8 @@ class HybridClock:
     def tick(self, now_ms: int) -> Timestamp:
         """Stamp a local or send event (Alg. 1, "send or local event")."""
         last = self._last
-        if now_ms > last.l:
-            stamp = Timestamp(now_ms, 0)
-        else:
-            stamp = Timestamp(last.l, last.c + 1)
-        self._last = stamp
-        return stamp
+        self._last = Timestamp(now_ms, 0) if now_ms > last.l else _stamp(last.l, last.c + 1)
+        return self._last
 
     def check(self, remote: Timestamp, now_ms: int) -> None:
         """Refuse a remote stamp too far in the future (the paper's bounded-drift assumption)."""
@@ -71,7 +80,10 @@ class HybridClock:
             raise ClockDriftError(remote.l, now_ms, self.max_drift_ms)
 
     def observe(self, remote: Timestamp, now_ms: int) -> Timestamp:
-        """Merge a received stamp (Alg. 1, "receive event of message m"); returns the new clock."""
+        """Merge a received stamp (Alg. 1, "receive event of message m"); returns the new clock.
+
+        Raises ClockDriftError, leaving the clock unchanged, if `remote` is too far ahead.
+        """
         self.check(remote, now_ms)
         last = self._last
         l_new = max(last.l, remote.l, now_ms)
@@ -83,5 +95,5 @@ class HybridClock:
             c_new = remote.c + 1
         else:
             c_new = 0
-        self._last = Timestamp(l_new, c_new)
+        self._last = _stamp(l_new, c_new)
         return self._last

@@ -10,8 +10,8 @@ import dataclasses
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from crdt.canonical import b64encode
-from crdt.errors import SignatureError
+from crdt.canonical import b64decode, b64encode
+from crdt.errors import DecodeError, SignatureError
 from crdt.op import Content, NodeId, Op
 
 
@@ -39,6 +39,14 @@ def verify_envelope(op: Op, key: VerifyKey) -> None:
 def node_id_for(key: VerifyKey) -> NodeId:
     """A node's id is its Ed25519 public key in unpadded base64url: self-certifying."""
     return NodeId(b64encode(bytes(key)))
+
+
+def verify_key_for(node_id: str) -> VerifyKey:
+    """The inverse of `node_id_for`: the public key a node id names; raises DecodeError."""
+    raw = b64decode(node_id, max_bytes=32)
+    if len(raw) != 32:
+        raise DecodeError("a node id is a 32-byte Ed25519 public key in unpadded base64url")
+    return VerifyKey(raw)
 
 
 def _verify(key: VerifyKey, message: bytes, signature: bytes, who: str) -> None:
