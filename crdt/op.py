@@ -19,7 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NewType, get_args
 
-from crdt.canonical import DEFAULT_MAX_BYTES, b64decode, b64encode, canonical_json, strict_loads
+from crdt.canonical import (
+    DEFAULT_MAX_BYTES,
+    MAX_SAFE_INT,
+    b64decode,
+    b64encode,
+    canonical_json,
+    strict_loads,
+)
 from crdt.errors import DecodeError
 from crdt.hlc import Timestamp
 
@@ -90,24 +97,36 @@ class Dot:
 
 
 def check_attrs(attrs: object) -> dict[str, AttrValue]:
-    if not isinstance(attrs, dict) or len(attrs) > MAX_ATTRS:
+    """Validate op attrs and return a private copy (so a caller's later edits cannot change an
+    op's id); raises only DecodeError."""
+    if not isinstance(attrs, Mapping) or len(attrs) > MAX_ATTRS:
         raise DecodeError(f"attrs must be an object of at most {MAX_ATTRS} entries")
+    copy: dict[str, AttrValue] = {}
     for key, value in attrs.items():
         if not isinstance(key, str) or not 0 < len(key) <= 64:
             raise DecodeError("attr keys must be 1-64 char strings")
-        if isinstance(value, bool | int):
-            continue
-        if isinstance(value, str):
+        if isinstance(value, bool):
+            copy[key] = value
+        elif isinstance(value, int):
+            if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+                raise DecodeError(f"attr {key!r} is outside ±(2**53-1)")
+            copy[key] = value
+        elif isinstance(value, str):
             if len(value) > MAX_ATTR_STR:
                 raise DecodeError(f"attr {key!r} longer than {MAX_ATTR_STR}")
+            copy[key] = value
         elif isinstance(value, list):
             if len(value) > MAX_ATTR_LIST or not all(
-                isinstance(v, str) and len(v) <= MAX_ATTR_STR for v in value
+                isinstance(v, str) and len(v) <= MAX_ID_LEN for v in value
             ):
-                raise DecodeError(f"attr {key!r} must be a list of at most {MAX_ATTR_LIST} strings")
+                raise DecodeError(
+                    f"attr {key!r} must be a list of at most {MAX_ATTR_LIST} strings "
+                    f"of at most {MAX_ID_LEN} chars"
+                )
+            copy[key] = list(value)
         else:
             raise DecodeError(f"attr {key!r} has an unsupported type")
-    return attrs
+    return copy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,11 +145,11 @@ class Content:
         check_id(self.conv, "conv")
         check_id(self.author, "author")
         check_id(self.device, "device")
-        if self.kind not in OP_KINDS:
+        if not isinstance(self.kind, str) or self.kind not in OP_KINDS:
             raise DecodeError(f"unknown op kind {self.kind!r}")
         if self.target != "":
             check_id(self.target, "target")
-        check_attrs(self.attrs)
+        object.__setattr__(self, "attrs", check_attrs(self.attrs))
         if not isinstance(self.body, bytes) or len(self.body) > MAX_BODY_BYTES:
             raise DecodeError(f"body must be at most {MAX_BODY_BYTES} bytes")
 
@@ -164,7 +183,7 @@ class Content:
             raise DecodeError("target must be a string")
         return cls(
             conv=ConvId(check_id(value["conv"], "conv")),
-            kind=value["kind"] if value["kind"] in OP_KINDS else _bad_kind(value["kind"]),
+            kind=_kind(value["kind"]),
             author=UserId(check_id(value["author"], "author")),
             device=DeviceId(check_id(value["device"], "device")),
             target=target,
@@ -173,7 +192,9 @@ class Content:
         )
 
 
-def _bad_kind(kind: object) -> OpKind:
+def _kind(kind: object) -> OpKind:
+    if isinstance(kind, str) and kind in OP_KINDS:
+        return kind  # type: ignore[return-value]
     raise DecodeError(f"unknown op kind {kind!r}")
 
 
@@ -218,7 +239,11 @@ class Op:
 
     def header_json(self) -> dict[str, Any]:
         """The header without signatures: what `op_id` hashes."""
-        return {"content": self.content.to_json(), "hlc": self.hlc.to_json(), "dot": self.dot.to_json()}
+        return {
+            "content": self.content.to_json(),
+            "hlc": self.hlc.to_json(),
+            "dot": self.dot.to_json(),
+        }
 
     def envelope_signing_bytes(self) -> bytes:
         """The bytes the origin node signs: header plus the device signature."""

@@ -230,9 +230,6 @@ def _unhashable(value: Any) -> bool:
 def test_from_json_with_one_field_replaced_raises_only_decode_error(
     wire: dict[str, Any], path: tuple[str | int, ...], value: Any
 ) -> None:
-    # Known bug in crdt/op.py, pinned by the xfail test below: an unhashable "kind" raises
-    # TypeError. Remove this assume() when that test starts passing.
-    assume(not (path == ("content", "kind") and _unhashable(value)))
     mutated = copy.deepcopy(wire)
     target: Any = mutated
     for step in path[:-1]:
@@ -309,12 +306,6 @@ def test_from_json_refuses(path: tuple[str, ...], value: Any) -> None:
         Op.from_json(wire)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="crdt/op.py: `value['kind'] in OP_KINDS` hashes the value; a list/object kind "
-    "raises TypeError instead of DecodeError",
-)
 @pytest.mark.parametrize("kind", [[], {}, ["message"]])
 def test_unhashable_kind_is_a_decode_error(kind: Any) -> None:
     wire = Op(
