@@ -1,0 +1,1 @@
+"""Federation: edge nodes exchanging signed ops over NATS, repaired by anti-entropy."""
