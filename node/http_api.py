@@ -124,7 +124,9 @@ class HttpApi:
         raw = request.query.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not 0 < int(raw) <= maximum:
+        # str.isdigit() is true for "²" and other digits int() refuses, and int() refuses
+        # strings over 4300 digits: accept short ASCII digit strings only.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 0 < int(raw) <= maximum:
             raise ClientError("bad_request", f"{name} must be an integer from 1 to {maximum}")
         return int(raw)
 
