@@ -217,7 +217,7 @@ class HttpApi:
         body = await self._body(request)
         if "type" in body or "id" in body:
             raise ClientError("bad_request", "the body is a send frame without type and id")
-        event = event_from_json({**body, "type": "send"})
+        event = event_from_json({**body, "type": "send"}, max_body_bytes=self.config.max_body_bytes)
         assert isinstance(event, Send)
         if not self.sessions.allow(who.user, who.device):
             raise ClientError("rate_limited", f"more than {self.config.rate_per_s:g} sends/s")

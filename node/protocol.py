@@ -109,7 +109,9 @@ def _ident(frame: dict[str, Any], name: str, rid: RequestId) -> str:
         raise ClientError("bad_frame", str(exc), request_id=rid) from None
 
 
-def parse_frame(data: str | bytes, *, max_bytes: int) -> ClientEvent:
+def parse_frame(
+    data: str | bytes, *, max_bytes: int, max_body_bytes: int = MAX_BODY_BYTES
+) -> ClientEvent:
     """Decode one client frame; raises only ClientError."""
     if len(data) > max_bytes:
         raise ClientError("too_large", f"frame larger than {max_bytes} bytes")
@@ -117,10 +119,10 @@ def parse_frame(data: str | bytes, *, max_bytes: int) -> ClientEvent:
         frame = strict_loads(data, max_bytes=max_bytes)
     except DecodeError as exc:
         raise ClientError("bad_json", f"frame is not valid JSON: {exc}") from None
-    return event_from_json(frame)
+    return event_from_json(frame, max_body_bytes=max_body_bytes)
 
 
-def event_from_json(frame: object) -> ClientEvent:
+def event_from_json(frame: object, *, max_body_bytes: int = MAX_BODY_BYTES) -> ClientEvent:
     """Validate an already-parsed frame; raises only ClientError."""
     if not isinstance(frame, dict):
         raise ClientError("bad_frame", "a frame must be a JSON object")
@@ -146,23 +148,26 @@ def event_from_json(frame: object) -> ClientEvent:
         if not isinstance(frame["active"], bool):
             raise ClientError("bad_frame", "active must be true or false", request_id=rid)
         return Typing(_ident(frame, "conv", rid), frame["active"], rid)
-    return _parse_send(frame, rid)
+    return _parse_send(frame, rid, max_body_bytes)
 
 
-def _parse_send(frame: dict[str, Any], rid: RequestId) -> Send:
+def _parse_send(frame: dict[str, Any], rid: RequestId, max_body_bytes: int) -> Send:
     op_kind = frame["kind"]
     if not isinstance(op_kind, str) or op_kind not in OP_KINDS:
         raise ClientError("bad_frame", f"unknown op kind {op_kind!r}", request_id=rid)
     target = frame.get("target", "")
     if target != "":
         target = _ident(frame, "target", rid)
+    body_text = frame.get("body", "")
+    # Decide too_large by length here: b64decode says "invalid or oversized" for both.
+    if isinstance(body_text, str) and len(body_text) > (max_body_bytes * 4 + 2) // 3:
+        raise ClientError("too_large", f"body larger than {max_body_bytes} bytes", request_id=rid)
     try:
         attrs = check_attrs(frame.get("attrs", {}))
-        body = b64decode(frame.get("body", ""), max_bytes=MAX_BODY_BYTES)
+        body = b64decode(body_text, max_bytes=max_body_bytes)
         dsig = b64decode(frame.get("dsig", ""), max_bytes=64)
     except DecodeError as exc:
-        code = "too_large" if "oversized" in str(exc) else "bad_frame"
-        raise ClientError(code, str(exc), request_id=rid) from None
+        raise ClientError("bad_frame", str(exc), request_id=rid) from None
     if dsig and len(dsig) != 64:
         raise ClientError("bad_frame", "dsig must be a 64-byte Ed25519 signature", request_id=rid)
     return Send(
@@ -180,9 +185,12 @@ def _parse_send(frame: dict[str, Any], rid: RequestId) -> Send:
 class ServerConnection:
     """Per-socket protocol state: the first frame must authenticate; errors are counted."""
 
-    def __init__(self, *, max_frame_bytes: int, max_errors: int) -> None:
+    def __init__(
+        self, *, max_frame_bytes: int, max_errors: int, max_body_bytes: int = MAX_BODY_BYTES
+    ) -> None:
         self.state = State.AWAIT_AUTH
         self.max_frame_bytes = max_frame_bytes
+        self.max_body_bytes = max_body_bytes
         self.max_errors = max_errors
         self.errors = 0
 
@@ -190,7 +198,9 @@ class ServerConnection:
         if self.state is State.CLOSED:
             raise ClientError("bad_frame", "connection is closed")
         try:
-            event = parse_frame(data, max_bytes=self.max_frame_bytes)
+            event = parse_frame(
+                data, max_bytes=self.max_frame_bytes, max_body_bytes=self.max_body_bytes
+            )
         except ClientError:
             self.errors += 1
             if self.state is State.AWAIT_AUTH:

@@ -56,7 +56,9 @@ class WsEndpoint:
         ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4)
         await ws.prepare(request)
         conn = ServerConnection(
-            max_frame_bytes=cfg.max_frame_bytes, max_errors=cfg.max_errors_per_session
+            max_frame_bytes=cfg.max_frame_bytes,
+            max_errors=cfg.max_errors_per_session,
+            max_body_bytes=cfg.max_body_bytes,
         )
         who = await self._authenticate(ws, conn)
         if who is None:
