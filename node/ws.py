@@ -191,7 +191,11 @@ class WsEndpoint:
             if event.id is not None:
                 session.push(encode({"type": "ok", "id": event.id}))
         elif isinstance(event, Typing):
-            self.hub.typing(who.user, event.conv, event.active)
+            try:
+                self.hub.typing(who.user, event.conv, event.active)
+            except ClientError as err:
+                err.request_id = event.id
+                raise
 
     def _reply_error(self, session: Session, err: ClientError) -> None:
         self._count_error(err)
