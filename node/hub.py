@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from nacl.signing import SigningKey, VerifyKey
 
 from crdt import (
+    ClockDriftError,
     Content,
     ConvId,
     CrdtError,
@@ -78,6 +79,13 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteResult:
+    accepted: list[Op]
+    refused: list[tuple[Op, str]]
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Identity:
     user: str
     device: str
@@ -131,7 +139,9 @@ class Hub:
         self._members: dict[ConvId, frozenset[str]] = {}
         self._next_seq: dict[ConvId, int] = {}
         self._inflight: dict[bytes, asyncio.Future[Op]] = {}
-        self.on_op: list[Callable[[Op], None]] = []  # e.g. metrics, federation
+        # Called with each op this node originates, once it is durable (federation publishes).
+        self.on_local_op: list[Callable[[Op], None]] = []
+        self._remote_pending: set[str] = set()
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -340,7 +350,12 @@ class Hub:
         return sign_envelope(op, self.node_key)
 
     def accept(self, op: Op) -> None:
-        """Apply a durable op to its log and deliver it to every member's sessions."""
+        """Apply a durable local op to its log and deliver it to every member's sessions."""
+        self._apply_and_deliver(op)
+        for callback in self.on_local_op:
+            callback(op)
+
+    def _apply_and_deliver(self, op: Op) -> None:
         self._log(op.conv, create=True).apply(op)
         if op.kind in MEMBERSHIP_KINDS:
             before, after = self._reindex(op.conv)
@@ -348,8 +363,44 @@ class Hub:
         else:
             recipients = self._members.get(op.conv, frozenset())
         self.fanout.deliver(recipients, encode({"type": "op", "op": op.to_json()}))
-        for callback in self.on_op:
-            callback(op)
+
+    async def accept_remote(self, ops: Iterable[Op]) -> RemoteResult:
+        """Make ops from peers durable, apply them and deliver them to local sessions.
+
+        The caller has authenticated them (envelope and origin signatures, roster). Duplicates
+        are skipped; an op whose HLC is too far ahead, or that reuses a known dot with other
+        content (an origin equivocating), is refused and reported, and changes nothing.
+        """
+        now = self.clock_ms()
+        fresh: list[Op] = []
+        refused: list[tuple[Op, str]] = []
+        duplicates = 0
+        for op in ops:
+            mlog = self.logs.get(op.conv)
+            if op.op_id in self._remote_pending or (mlog is not None and op.op_id in mlog):
+                duplicates += 1
+                continue
+            if mlog is not None and mlog.by_dot(op.dot) is not None:
+                refused.append((op, "equivocation: the dot already holds another op"))
+                continue
+            try:
+                self.clock.check(op.hlc, now)
+            except ClockDriftError as exc:
+                refused.append((op, str(exc)))
+                continue
+            self._remote_pending.add(op.op_id)
+            fresh.append(op)
+        if fresh:
+            try:
+                await self.store.commit([Put("ops", _op_key(op), op.to_bytes()) for op in fresh])
+                for op in sorted(fresh, key=lambda o: o.order_key):
+                    self.clock.observe(op.hlc, max(now, self.clock_ms()))
+                    self._apply_and_deliver(op)
+                for conv in {op.conv for op in fresh}:
+                    self._reindex(conv)
+            finally:
+                self._remote_pending.difference_update(op.op_id for op in fresh)
+        return RemoteResult(accepted=fresh, refused=refused, duplicates=duplicates)
 
     # -- catch-up -----------------------------------------------------------------------------
 
