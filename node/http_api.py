@@ -90,7 +90,13 @@ class HttpApi:
             and request.content_length > self.config.max_frame_bytes
         ):
             raise ClientError("too_large", f"body larger than {self.config.max_frame_bytes} bytes")
-        raw = await request.content.read(self.config.max_frame_bytes + 1)
+        # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
+        raw = b""
+        while len(raw) <= self.config.max_frame_bytes:
+            chunk = await request.content.read(self.config.max_frame_bytes + 1 - len(raw))
+            if not chunk:
+                break
+            raw += chunk
         if len(raw) > self.config.max_frame_bytes:
             raise ClientError("too_large", f"body larger than {self.config.max_frame_bytes} bytes")
         try:
