@@ -75,7 +75,12 @@ class Session:
     def stop(self, code: int | None = None) -> None:
         if self.close_code is None and code is not None:
             self.close_code = code
-        self._drain_and_stop()
+        # What is already queued (acks, the error that explains the close) goes out before
+        # the close frame; only a full queue is dropped.
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self._drain_and_stop()
 
     def _drain_and_stop(self) -> None:
         while True:
@@ -148,9 +153,10 @@ class Sessions:
     def deliver(self, users: Iterable[str], frame: str) -> None:
         for user in users:
             for session in tuple(self.by_user.get(user, ())):
+                was_slow = session.slow
                 if session.push(frame):
                     self.metrics.deliveries.inc()
-                elif session.slow:
+                elif session.slow and not was_slow:  # count and log the close once
                     self.metrics.slow_consumers.inc()
                     log.warning("session %d of %s closed: slow consumer", session.id, user)
 
