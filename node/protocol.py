@@ -113,7 +113,12 @@ def parse_frame(
     data: str | bytes, *, max_bytes: int, max_body_bytes: int = MAX_BODY_BYTES
 ) -> ClientEvent:
     """Decode one client frame; raises only ClientError."""
-    if len(data) > max_bytes:
+    # The limit is in UTF-8 bytes: a text frame of CJK characters is up to 4x its len().
+    if len(data) > max_bytes or (
+        isinstance(data, str)
+        and len(data) * 4 > max_bytes
+        and len(data.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
         raise ClientError("too_large", f"frame larger than {max_bytes} bytes")
     try:
         frame = strict_loads(data, max_bytes=max_bytes)
