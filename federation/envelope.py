@@ -39,7 +39,9 @@ class Envelope:
 def seal(kind: str, body: dict[str, Any], key: SigningKey) -> bytes:
     if kind not in KINDS:
         raise EnvelopeError(f"unknown envelope kind {kind!r}")
-    payload = canonical_json({"v": 1, "kind": kind, "from": node_id_for(key.verify_key), "body": body})
+    payload = canonical_json(
+        {"v": 1, "kind": kind, "from": node_id_for(key.verify_key), "body": body}
+    )
     return bytes(key.sign(DOMAIN + payload).signature) + payload
 
 
