@@ -7,6 +7,7 @@ Every limit a client can hit is here and documented in docs/operations.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -80,8 +81,9 @@ class NodeConfig:
             "max_group_members",
         )
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, not {getattr(self, name)}")
+            value = getattr(self, name)
+            if not value > 0 or not math.isfinite(value):  # `not >` also catches NaN
+                raise ConfigError(f"{name} must be a finite number > 0, not {value}")
         if self.max_body_bytes > 64 * 1024:
             raise ConfigError("max_body_bytes cannot exceed the op format's 65536")
         if self.max_frame_bytes < self.max_body_bytes * 4 // 3 + 1024:
@@ -122,8 +124,14 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         }:
             return raw.lower() in {"1", "true", "yes", "on"}
         raise ConfigError(f"{name} must be a boolean, not {raw!r}")
-    if target is int and isinstance(raw, bool):
+    # TOML has real types: refuse what the constructors below would silently bend
+    # (int(8080.9) == 8080, float(True) == 1.0, str(["a"]) == "['a']").
+    if target in (int, float) and isinstance(raw, bool):
+        raise ConfigError(f"{name} must be a number, not {raw!r}")
+    if target is int and isinstance(raw, float):
         raise ConfigError(f"{name} must be an integer, not {raw!r}")
+    if target in (str, Path) and not isinstance(raw, str | Path):
+        raise ConfigError(f"{name} must be a string, not {raw!r}")
     if target is float and isinstance(raw, int | float) and not isinstance(raw, bool):
         return float(raw)
     try:
@@ -148,7 +156,10 @@ def load_config(
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
-        values.update(raw.get("node", raw))
+        section = raw.get("node", raw)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config {path}: node must be a table ([node]), not {section!r}")
+        values.update(section)
     env = os.environ if environ is None else environ
     known = {f.name: f.type for f in fields(NodeConfig)}
     for name in known:
