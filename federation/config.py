@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from federation.errors import FederationError
 
 
-class FederationConfigError(FederationError):
+class FederationConfigError(FederationError, ValueError):
     pass
 
 
@@ -17,6 +20,7 @@ class FederationConfig:
     nats_url: str = ""  # empty: start an embedded nats-server
     nats_host: str = "127.0.0.1"  # embedded server's client listen address
     nats_port: int = 0  # embedded server's client port; 0 picks a free one
+    leafnode_port: int = 0  # > 0: the embedded server accepts leaf nodes here (a mesh hub)
     batch_delay_ms: float = 2.0  # how long live ops wait to share one envelope
     max_batch_ops: int = 256
     ae_interval_s: float = 30.0  # periodic anti-entropy, with +-50% jitter
@@ -37,8 +41,29 @@ class FederationConfig:
         ):
             if getattr(self, name) <= 0:
                 raise FederationConfigError(f"federation.{name} must be > 0")
-        if not 0 <= self.nats_port <= 65535:
-            raise FederationConfigError("federation.nats_port must be 0-65535")
+        for name in ("nats_port", "leafnode_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise FederationConfigError(f"federation.{name} must be 0-65535")
 
     def replace(self, **changes: object) -> FederationConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_federation_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> FederationConfig:
+    """The [federation] table of the node's TOML file, then YANZI_FED_* env, then overrides."""
+    from node.config import build_config, read_toml
+
+    section = read_toml(path).get("federation", {})
+    return build_config(
+        FederationConfig,
+        section,
+        env_prefix="YANZI_FED_",
+        environ=environ,
+        overrides=overrides,
+        what="federation",
+    )

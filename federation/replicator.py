@@ -46,7 +46,8 @@ INTEREST_KINDS = frozenset({"create", "member_add"})
 
 
 class MeshView(Protocol):
-    mesh_id: str
+    @property
+    def mesh_id(self) -> str: ...
 
     def is_member(self, node_id: str) -> bool: ...
 
@@ -146,6 +147,10 @@ class Replicator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    @property
+    def hosted(self) -> frozenset[ConvId]:
+        return frozenset(self._subs)
 
     def alive_peers(self) -> list[Peer]:
         horizon = self.monotonic() - self.config.peer_timeout_s

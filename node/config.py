@@ -13,12 +13,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from node.errors import NodeError
 
+_C = TypeVar("_C")
 
-class ConfigError(NodeError):
+
+class ConfigError(NodeError, ValueError):
     """The configuration is invalid; the message says which field and why."""
 
 
@@ -140,35 +142,63 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         raise ConfigError(f"{name} must be {target.__name__}, not {raw!r}") from exc
 
 
+def read_toml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+
+
+def build_config(
+    cls: type[_C],
+    section: object,
+    *,
+    env_prefix: str,
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Any],
+    what: str,
+) -> _C:
+    """One package's frozen config: TOML table, then `<env_prefix><FIELD>` env, then overrides.
+
+    Shared by every package's config loader so they all coerce and refuse alike.
+    """
+    if not isinstance(section, dict):
+        raise ConfigError(f"{what} must be a table ([{what}]), not {section!r}")
+    values: dict[str, Any] = dict(section)
+    env = os.environ if environ is None else environ
+    known = {f.name: f.type for f in fields(cls)}  # type: ignore[arg-type]
+    for name in known:
+        key = f"{env_prefix}{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} config keys: {', '.join(unknown)}")
+    coerced = {name: _coerce(name, known[name], value) for name, value in values.items()}
+    try:
+        return cls(**coerced)
+    except ValueError as exc:  # a package's own config error (e.g. FederationConfigError)
+        raise ConfigError(str(exc)) from exc
+
+
+OTHER_TABLES = frozenset({"federation"})
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> NodeConfig:
-    """TOML file (top-level keys = field names), then YANZI_* env, then explicit overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
-        section = raw.get("node", raw)
-        if not isinstance(section, dict):
-            raise ConfigError(f"config {path}: node must be a table ([node]), not {section!r}")
-        values.update(section)
-    env = os.environ if environ is None else environ
-    known = {f.name: f.type for f in fields(NodeConfig)}
-    for name in known:
-        key = f"YANZI_{name.upper()}"
-        if key in env:
-            values[name] = env[key]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-    coerced = {name: _coerce(name, known[name], value) for name, value in values.items()}
-    return NodeConfig(**coerced)
+    """TOML file ([node] table, or top-level keys), then YANZI_* env, then explicit overrides."""
+    raw = read_toml(path)
+    section = raw.get("node", {k: v for k, v in raw.items() if k not in OTHER_TABLES})
+    return build_config(
+        NodeConfig, section, env_prefix="YANZI_", environ=environ, overrides=overrides, what="node"
+    )
