@@ -238,6 +238,9 @@ class Federation:
         if env.body.get("roster") != self.roster.digest():
             self._spawn(self._push_roster())
 
+    async def publish_roster(self) -> None:
+        await self._push_roster(force=True)
+
     async def _push_roster(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_roster_push < ROSTER_PUSH_MIN_INTERVAL_S:

@@ -13,13 +13,19 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from nacl.signing import VerifyKey
 
+from federation.config import FederationConfig
+from federation.metrics import FederationMetrics
+from federation.service import DBS as FEDERATION_DBS
+from federation.service import Federation
 from node.accounts import DBS as ACCOUNT_DBS
 from node.accounts import Accounts
+from node.audit import AuditLog
 from node.config import NodeConfig
 from node.http_api import HttpApi, error_middleware
 from node.hub import DBS as HUB_DBS
 from node.hub import Hub
 from node.identity import load_or_create_key
+from node.mesh_api import MeshApi
 from node.metrics import Metrics
 from node.sessions import CLOSE_GOING_AWAY, Sessions
 from node.store import Store
@@ -42,7 +48,8 @@ class AccountDirectory:
         return self.accounts.user_exists(user)
 
 
-def build_app(config: NodeConfig) -> web.Application:
+def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) -> web.Application:
+    fed_config = fed_config or FederationConfig()
     app = web.Application(
         middlewares=[error_middleware], client_max_size=config.max_frame_bytes * 2
     )
@@ -56,7 +63,7 @@ def build_app(config: NodeConfig) -> web.Application:
         key = load_or_create_key(data_dir)
         store = Store(
             data_dir / "lmdb",
-            dbs=(*ACCOUNT_DBS, *HUB_DBS),
+            dbs=(*ACCOUNT_DBS, *HUB_DBS, *FEDERATION_DBS),
             map_size=config.map_size_mb << 20,
             max_batch=config.max_commit_batch,
             sync=config.fsync,
@@ -88,12 +95,30 @@ def build_app(config: NodeConfig) -> web.Application:
         metrics.lmdb_size.set_function(store.size_bytes)
         metrics.ops_stored.set_function(lambda: sum(len(log) for log in hub.logs.values()))
         metrics.conversations.set_function(lambda: len(hub.logs))
+        audit = AuditLog(data_dir / "audit.log")
+        federation = Federation(
+            config=fed_config,
+            data_dir=data_dir,
+            key=key,
+            hub=hub,
+            store=store,
+            metrics=FederationMetrics(metrics.registry),
+            audit=audit,
+            region=config.region,
+            urls=[config.url],
+            health=lambda: {"sessions": len(sessions), "conversations": len(hub.logs)},
+        )
+        await federation.start()
+        sessions.on_first_session.append(federation.note_local_user)
         api = HttpApi(config=config, accounts=accounts, hub=hub, sessions=sessions, metrics=metrics)
+        api.on_login.append(federation.note_local_user)
         ws = WsEndpoint(
             config=config, accounts=accounts, hub=hub, sessions=sessions, metrics=metrics
         )
-        app.router.add_routes([*api.routes(), web.get("/v1/ws", ws.handle)])
+        mesh_api = MeshApi(federation)
+        app.router.add_routes([*api.routes(), *mesh_api.routes(), web.get("/v1/ws", ws.handle)])
         app["hub"], app["sessions"], app["store"] = hub, sessions, store
+        app["federation"] = federation
         api.ready = True
         log.info("node %s ready at %s (data in %s)", hub.node_id, config.url, data_dir)
         housekeeping = asyncio.create_task(_housekeeping(accounts), name="housekeeping")
@@ -103,7 +128,9 @@ def build_app(config: NodeConfig) -> web.Application:
             api.ready = False
             housekeeping.cancel()
             await asyncio.gather(housekeeping, return_exceptions=True)
-        await store.close()
+            await federation.stop()
+            await store.close()
+            audit.close()
         log.info("node %s stopped", hub.node_id)
 
     async def going_away(app: web.Application) -> None:
@@ -127,9 +154,11 @@ async def _housekeeping(accounts: Accounts, every_s: float = 3600.0) -> None:
             log.exception("housekeeping failed")
 
 
-async def serve(config: NodeConfig, *, stop: asyncio.Event) -> None:
+async def serve(
+    config: NodeConfig, *, stop: asyncio.Event, fed_config: FederationConfig | None = None
+) -> None:
     """Run a node until `stop` is set, then shut down gracefully."""
-    app = build_app(config)
+    app = build_app(config, fed_config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
@@ -138,6 +167,8 @@ async def serve(config: NodeConfig, *, stop: asyncio.Event) -> None:
     sockets = getattr(site._server, "sockets", None)  # the real port when config.port is 0
     if sockets:
         port = sockets[0].getsockname()[1]
+    if not config.public_url:
+        app["federation"].urls[:] = [f"http://{config.host}:{port}"]
     log.info("listening on %s:%d", config.host, port)
     # Tests and scripts read this line to learn the port: keep its shape.
     print(f"yanzi node listening on http://{config.host}:{port}", flush=True)

@@ -61,6 +61,7 @@ class HttpApi:
         self.sessions = sessions
         self.metrics = metrics
         self.ready = False
+        self.on_login: list[Callable[[str], None]] = []
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -158,6 +159,8 @@ class HttpApi:
             device_name=self._field(body, "device_name", required=False) or "",
             keys=keys,
         )
+        for callback in self.on_login:
+            callback(result.user)
         return _json(
             {
                 "token": result.token,

@@ -126,6 +126,7 @@ class Sessions:
         self.monotonic = monotonic
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self.contacts: Callable[[str], Iterable[str]] = lambda user: ()
+        self.on_first_session: list[Callable[[str], None]] = []
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.by_user.values())
@@ -136,6 +137,8 @@ class Sessions:
         self.metrics.connections.inc()
         if first:
             self._presence(session.user, online=True)
+            for callback in self.on_first_session:
+                callback(session.user)
 
     def remove(self, session: Session) -> None:
         sessions = self.by_user.get(session.user)
