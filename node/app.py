@@ -32,6 +32,7 @@ from node.store import Store
 from node.ws import WsEndpoint
 
 log = logging.getLogger(__name__)
+NODE_DBS = (*ACCOUNT_DBS, *HUB_DBS, *FEDERATION_DBS)
 
 
 class AccountDirectory:
@@ -63,7 +64,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         key = load_or_create_key(data_dir)
         store = Store(
             data_dir / "lmdb",
-            dbs=(*ACCOUNT_DBS, *HUB_DBS, *FEDERATION_DBS),
+            dbs=NODE_DBS,
             map_size=config.map_size_mb << 20,
             max_batch=config.max_commit_batch,
             sync=config.fsync,

@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from federation.config import load_federation_config
+from node import cli_mesh
 from node.config import ConfigError, NodeConfig, load_config
 from node.http_api import VERSION
 
@@ -26,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, help="data folder (default ./yanzi-data)")
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default 8080; 0 picks a free one)")
+    up.add_argument("--region", help="this node's region label (default local)")
+    up.add_argument("--nats", help="connect to this NATS instead of starting a nats-server")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -39,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="restore a backup into a data dir (node stopped)")
     restore.add_argument("src", type=Path, help="a folder written by `yanzi backup`")
     restore.add_argument("--data-dir", type=Path, default=Path("./yanzi-data"))
+
+    cli_mesh.add_commands(sub)
     return parser
 
 
@@ -49,14 +55,19 @@ def main(argv: list[str] | None = None) -> int:
             return _up(args)
         if args.command == "config":
             config = load_config(args.file)
+            fed_config = load_federation_config(args.file)
             for name in NodeConfig.__dataclass_fields__:
                 print(f"{name} = {getattr(config, name)!r}")
+            for name in type(fed_config).__dataclass_fields__:
+                print(f"federation.{name} = {getattr(fed_config, name)!r}")
             print(f"{args.file}: OK")
             return 0
         if args.command == "backup":
             return _backup(args.data_dir, args.dest)
         if args.command == "restore":
             return _restore(args.src, args.data_dir)
+        if args.command in ("mesh", "join"):
+            return cli_mesh.run(args)
     except ConfigError as exc:
         print(f"yanzi: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    config = load_config(args.config, data_dir=args.data_dir, host=args.host, port=args.port)
+    config = load_config(
+        args.config, data_dir=args.data_dir, host=args.host, port=args.port, region=args.region
+    )
+    fed_config = load_federation_config(args.config, nats_url=args.nats)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -76,27 +90,31 @@ def _up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop=stop)
+        await serve(config, stop=stop, fed_config=fed_config)
 
     asyncio.run(run())
     return 0
 
 
+# Files beside lmdb/ that a backup carries (those present): identity and mesh membership.
+BACKUP_FILES = ("node.key", "mesh.json", "operator.key", "roster-pending.json")
+
+
 def _backup(data_dir: Path, dest: Path) -> int:
-    from node.accounts import DBS as ACCOUNT_DBS
-    from node.hub import DBS as HUB_DBS
-    from node.identity import KEY_FILE
+    from node.app import NODE_DBS
     from node.store import Store
 
     if not (data_dir / "lmdb").exists():
         print(f"yanzi: no node data in {data_dir}", file=sys.stderr)
         return 1
-    store = Store(data_dir / "lmdb", dbs=(*ACCOUNT_DBS, *HUB_DBS))
+    store = Store(data_dir / "lmdb", dbs=NODE_DBS)
     try:
         store.backup(dest / "lmdb")
     finally:
         store.close_sync()
-    shutil.copy2(data_dir / KEY_FILE, dest / KEY_FILE)
+    for name in BACKUP_FILES:
+        if (data_dir / name).exists():
+            shutil.copy2(data_dir / name, dest / name)
     print(f"backed up {data_dir} to {dest}")
     return 0
 
@@ -112,8 +130,10 @@ def _restore(src: Path, data_dir: Path) -> int:
         return 1
     (data_dir / "lmdb").mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "lmdb" / "data.mdb", data_dir / "lmdb" / "data.mdb")
-    shutil.copy2(src / KEY_FILE, data_dir / KEY_FILE)
-    (data_dir / KEY_FILE).chmod(0o600)
+    for name in BACKUP_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, data_dir / name)
+            (data_dir / name).chmod(0o600)
     print(f"restored {src} into {data_dir}")
     return 0
 
