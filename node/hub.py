@@ -473,9 +473,13 @@ class Hub:
         key = message.op.order_key
         if not markers.set(user, key):
             return False
-        await self.store.commit(
-            [Put("markers", f"{conv}\x00{user}".encode(), json.dumps(list(key)).encode())]
-        )
+        try:
+            await self.store.commit(
+                [Put("markers", f"{conv}\x00{user}".encode(), json.dumps(list(key)).encode())]
+            )
+        except Exception as exc:  # a StoreError here used to end the whole WebSocket session
+            log.exception("marker commit failed for conv %s", conv)
+            raise ClientError("unavailable", "the node could not store the marker") from exc
         frame = {"type": "read", "conv": conv, "user": user, "op_id": op_id}
         self.fanout.deliver(self.members(ConvId(conv)), encode(frame))
         return True
