@@ -321,6 +321,22 @@ async def test_a_failed_commit_is_unavailable_and_leaves_no_trace(
     assert op.dot.seq == 2  # the failed attempt left no hole in the dots
 
 
+async def test_a_failed_marker_commit_is_unavailable(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.group("alice", "g1", "bob")
+    msg = await world.message("alice", "g1", "read me")
+
+    async def disk_full(writes: Any) -> None:
+        raise StoreError("write failed: MDB_MAP_FULL")
+
+    monkeypatch.setattr(world.store, "commit", disk_full)
+    with pytest.raises(ClientError) as info:
+        await world.hub.mark_read("bob", "g1", msg.op_id)
+    assert info.value.code == "unavailable"
+    assert not world.fanout.of_type("read")
+
+
 # -- catch-up ----------------------------------------------------------------------------------
 
 
