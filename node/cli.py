@@ -102,16 +102,20 @@ BACKUP_FILES = ("node.key", "mesh.json", "operator.key", "roster-pending.json")
 
 def _backup(data_dir: Path, dest: Path) -> int:
     from node.app import NODE_DBS
-    from node.store import Store
+    from node.store import Store, StoreError
 
     if not (data_dir / "lmdb").exists():
         print(f"yanzi: no node data in {data_dir}", file=sys.stderr)
         return 1
-    store = Store(data_dir / "lmdb", dbs=NODE_DBS)
     try:
-        store.backup(dest / "lmdb")
-    finally:
-        store.close_sync()
+        store = Store(data_dir / "lmdb", dbs=NODE_DBS)
+        try:
+            store.backup(dest / "lmdb")
+        finally:
+            store.close_sync()
+    except StoreError as exc:  # e.g. a non-empty destination: a message, not a traceback
+        print(f"yanzi: backup failed: {exc}", file=sys.stderr)
+        return 1
     for name in BACKUP_FILES:
         if (data_dir / name).exists():
             shutil.copy2(data_dir / name, dest / name)
