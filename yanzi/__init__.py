@@ -1,0 +1,75 @@
+"""Yanzi's Python client SDK: an async `Client` with a local keystore, a persisted sync cursor,
+exact catch-up and automatic reconnect. See docs/protocol.md for the wire protocol it speaks.
+
+    async with yanzi.Client("http://127.0.0.1:8080", keystore_path="alice.json") as client:
+        await client.login("alice", "correct horse")
+        events = client.events()
+        await client.connect()
+        conv = await client.direct("bob")
+        await client.send(conv, "hi")
+"""
+
+from yanzi.client import Client, new_cmid
+from yanzi.config import ClientConfig
+from yanzi.errors import (
+    AckTimeout,
+    ConnectionLost,
+    ConnectTimeout,
+    InvalidRequest,
+    KeystoreError,
+    NotLoggedIn,
+    ProtocolError,
+    RequestTimeout,
+    ServerError,
+    YanziError,
+    YanziTimeout,
+)
+from yanzi.events import (
+    Ack,
+    CaughtUp,
+    Connected,
+    Conversation,
+    Disconnected,
+    Event,
+    HistoryPage,
+    Message,
+    OpReceived,
+    Presence,
+    Read,
+    ServerNotice,
+    Typing,
+)
+from yanzi.keystore import Keystore
+from yanzi.stream import EventStream
+
+__all__ = [
+    "Ack",
+    "AckTimeout",
+    "CaughtUp",
+    "Client",
+    "ClientConfig",
+    "ConnectTimeout",
+    "Connected",
+    "ConnectionLost",
+    "Conversation",
+    "Disconnected",
+    "Event",
+    "EventStream",
+    "HistoryPage",
+    "InvalidRequest",
+    "Keystore",
+    "KeystoreError",
+    "Message",
+    "NotLoggedIn",
+    "OpReceived",
+    "Presence",
+    "ProtocolError",
+    "Read",
+    "RequestTimeout",
+    "ServerError",
+    "ServerNotice",
+    "Typing",
+    "YanziError",
+    "YanziTimeout",
+    "new_cmid",
+]

@@ -1,0 +1,621 @@
+"""`Client`: the async façade of the SDK — accounts, ops, the live socket and exact catch-up.
+
+Connection model (docs/protocol.md, "Reconnect and catch-up"): the WebSocket carries live
+traffic; after every (re)connect the client pulls the gap over HTTP (`GET /v1/sync` from the
+persisted cursor, paging until `more` is false). The socket is authenticated *before* the
+catch-up starts, so an op is either already stored when the catch-up reads, or delivered live:
+nothing falls between the two, and the overlap is de-duplicated by op id (`SyncState`).
+
+Tasks: every background task has an owner that cancels and awaits it in `close()`: the client
+owns the catch-up worker and the cursor writer, and its `Link` (yanzi.link) owns the socket's
+supervisor (reads frames, reconnects with backoff). Nothing is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import random
+import secrets
+from collections.abc import Coroutine, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from crdt import (
+    AttrValue,
+    ConversationState,
+    ConversationView,
+    ConvId,
+    DecodeError,
+    Op,
+    OpKind,
+)
+from yanzi.config import Backoff, ClientConfig
+from yanzi.cursor import SyncState
+from yanzi.errors import (
+    AckTimeout,
+    ConnectionLost,
+    InvalidRequest,
+    KeystoreError,
+    NotLoggedIn,
+    ProtocolError,
+    ServerError,
+    YanziError,
+    YanziTimeout,
+)
+from yanzi.events import (
+    Ack,
+    CaughtUp,
+    Connected,
+    Conversation,
+    Disconnected,
+    Event,
+    HistoryPage,
+    Message,
+    OpReceived,
+    Presence,
+    Read,
+    ServerNotice,
+    Typing,
+)
+from yanzi.keystore import Keystore, write_atomic
+from yanzi.link import Link, log_crash
+from yanzi.protocol import (
+    Draft,
+    ErrorFrame,
+    OpFrame,
+    Ready,
+    ServerFrame,
+    direct_conv_id,
+    read_frame,
+    send_frame,
+    typing_frame,
+)
+from yanzi.stream import EventStream
+from yanzi.transport import HttpApi, ws_url
+
+log = logging.getLogger(__name__)
+
+
+def new_cmid() -> str:
+    """A client message id: 128 random bits (a retry must reuse it; a new message must not)."""
+    return "c-" + secrets.token_urlsafe(16)
+
+
+def new_group_id() -> str:
+    return "g_" + secrets.token_urlsafe(12)  # 16 url-safe characters
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+class Client:
+    """An async Yanzi client for one device (one keystore). Use as `async with Client(...)`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        keystore_path: str | os.PathLike[str],
+        config: ClientConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        ws_url(base_url)  # validates the scheme early
+        self.base_url = base_url.rstrip("/")
+        self.config = config or ClientConfig()
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(self.config.backoff_base_s, self.config.backoff_max_s)
+        self.keystore = Keystore.open(keystore_path)
+        self._sync = SyncState(self.keystore.cursor)
+        self._http: aiohttp.ClientSession | None = None
+        self._api: HttpApi | None = None
+        self._link = Link(
+            api=self._http_api,
+            token=self._token,
+            config=self.config,
+            uniform=self._rng.uniform,
+            handler=self,
+        )
+        self._sync_lock = asyncio.Lock()
+        self._persist_lock = asyncio.Lock()
+        self._sync_wanted = asyncio.Event()
+        self._cursor_dirty = asyncio.Event()
+        self._streams: list[EventStream] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @property
+    def user(self) -> str | None:
+        return self.keystore.user
+
+    @property
+    def device(self) -> str:
+        return self.keystore.device
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    @property
+    def cursor(self) -> dict[str, dict[str, int]]:
+        """A copy of the sync cursor: {conv: {origin node: highest contiguous seq}}."""
+        return {c: {o: n for o, n in vv.items()} for c, vv in self._sync.cursor.items()}
+
+    def view(self, conv: str) -> ConversationView:
+        """An immutable snapshot of the local view of `conv` (empty if nothing is known)."""
+        return self._sync.view(conv)
+
+    def state(self, conv: str) -> ConversationState:
+        """The live materialised state of `conv`: read it, never mutate it."""
+        return self._sync.state(conv)
+
+    def messages(self, conv: str) -> list[Message]:
+        """The visible messages of `conv` in the local view, oldest first."""
+        state = self._sync.state(conv)
+        return [
+            Message.from_state(conv, m) for m in state.messages_before(None, len(state.messages))
+        ]
+
+    def ops(self, conv: str) -> list[Op]:
+        """Every op of `conv` this client holds (parked and hidden ones too), in total order:
+        what a caller needs to verify device signatures or read key shares."""
+        mlog = self._sync.logs.get(ConvId(conv))
+        return [] if mlog is None else mlog.ops()
+
+    def events(self) -> EventStream:
+        """Subscribe to events (from now on). Subscribe before `connect()` to miss nothing."""
+        stream = EventStream(self._detach)
+        self._streams.append(stream)
+        if self._closed:
+            stream._end()
+        return stream
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the WebSocket, authenticate, catch up over HTTP from the cursor, then stay live
+        (reconnecting by itself) until `disconnect()` or `close()`."""
+        if self._closed:
+            raise YanziError("this client is closed")
+        self._start_workers()
+        if not await self._link.open():
+            return  # already connected (or reconnecting)
+        try:
+            await self._catch_up()
+        except BaseException:
+            await self.disconnect()
+            raise
+
+    async def disconnect(self) -> None:
+        """Close the socket and stop reconnecting; local state and the cursor are kept, so a
+        later `connect()` resumes exactly (a mini-program's onHide/onShow)."""
+        await self._link.close()
+
+    async def close(self) -> None:
+        """Disconnect, stop every background task, write the cursor and end event streams."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.disconnect()
+            workers, self._workers = self._workers, []
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._persist()
+        finally:
+            if self._http is not None:
+                await self._http.close()
+                self._http = self._api = None
+            for stream in self._streams:
+                stream._end()
+            self._streams.clear()
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    async def register(self, username: str, password: str) -> None:
+        await self._http_api().register(username, password)
+
+    async def login(self, username: str, password: str, *, device_name: str | None = None) -> None:
+        """Log this keystore's device in, registering its public keys; the token is kept in the
+        keystore, so later processes can `connect()` without logging in again."""
+        if self._link.running:
+            raise InvalidRequest("disconnect() before logging in again")
+        ks = self.keystore
+        data = await self._http_api().login(
+            username,
+            password,
+            device=ks.device,
+            device_name=device_name or self.config.device_name,
+            keys=ks.public_keys_json(),
+        )
+        user = str(data["user"])
+        if ks.user is not None and ks.user != user:
+            ks.forget_account()  # another account: its cursor means nothing for this one
+            self._sync = SyncState()
+        ks.user = user
+        ks.token = str(data["token"])
+        expires = data.get("expires_ms")
+        ks.token_expires_ms = expires if isinstance(expires, int) else None
+        node = data.get("node")
+        ks.node = node if isinstance(node, str) else None
+        await self._persist()
+
+    async def logout(self, *, all_devices: bool = False) -> None:
+        """Revoke this device's token (or every token of the user) and forget it locally.
+        Other devices' sockets close with 4011 and stop reconnecting."""
+        token = self._token()
+        await self.disconnect()
+        await self._http_api().logout(token, all_devices=all_devices)
+        self.keystore.token = None
+        await self._persist()
+
+    async def devices(self, user: str) -> list[dict[str, Any]]:
+        """A user's devices and their public keys (for E2EE and safety numbers)."""
+        return await self._http_api().devices(self._token(), user)
+
+    # -- conversations ------------------------------------------------------------------------
+
+    async def direct(self, user: str) -> str:
+        """The direct conversation with `user` (created on first use; the same id for both)."""
+        try:
+            return await self._http_api().direct(self._token(), user)
+        except ServerError as err:
+            if err.code != "bad_signature":
+                raise
+        # The node builds that create op itself, unsigned, and a node that requires device
+        # signatures refuses it; create the conversation with a signed op of our own instead.
+        conv = direct_conv_id(self._user(), user)
+        draft = Draft(
+            cmid=f"direct:{user}",
+            conv=conv,
+            kind="create",
+            attrs={"type": "direct", "members": [user]},
+        )
+        try:
+            await self._submit(draft)
+        except ServerError as err:
+            if err.code != "conflict":  # the peer created it at the same moment
+                raise
+        return conv
+
+    async def create_group(
+        self, title: str | None, members: Iterable[str], *, conv: str | None = None
+    ) -> str:
+        """Create a group owned by this user with `members`; returns its conversation id."""
+        conv = conv or new_group_id()
+        others = sorted(set(members) - {self._user()})
+        attrs: dict[str, AttrValue] = {"type": "group", "members": others}
+        if title is not None:
+            attrs["title"] = title
+        await self._submit(Draft(cmid=f"create:{conv}", conv=conv, kind="create", attrs=attrs))
+        return conv
+
+    async def add_member(self, conv: str, user: str, *, role: str = "member") -> Ack:
+        return await self._op(conv, "member_add", target=user, attrs={"role": role})
+
+    async def remove_member(self, conv: str, user: str) -> Ack:
+        return await self._op(conv, "member_remove", target=user)
+
+    async def set_role(self, conv: str, user: str, role: str) -> Ack:
+        return await self._op(conv, "member_role", target=user, attrs={"role": role})
+
+    async def update_settings(self, conv: str, settings: Mapping[str, AttrValue]) -> Ack:
+        """Set conversation settings such as {"title": ...} (group admins, direct members)."""
+        return await self._op(conv, "settings", attrs=dict(settings))
+
+    async def conversations(self) -> list[Conversation]:
+        """The conversation list with last message and unread count, newest first."""
+        rows = await self._http_api().conversations(self._token())
+        return [Conversation.from_json(row) for row in rows]
+
+    async def history(self, conv: str, before: str | None = None, limit: int = 50) -> HistoryPage:
+        """Visible messages before `before` (op id; None: the newest), oldest first."""
+        data = await self._http_api().messages(self._token(), conv, before=before, limit=limit)
+        messages = tuple(Message.from_json(conv, m) for m in data.get("messages", []))
+        return HistoryPage(messages=messages, more=bool(data.get("more")))
+
+    # -- ops ----------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        conv: str,
+        body: bytes | str,
+        *,
+        cmid: str | None = None,
+        attrs: Mapping[str, AttrValue] | None = None,
+    ) -> Ack:
+        """Send a message; returns the node's ack (durable). Safe to retry with the same cmid:
+        the node answers every retry with the same op."""
+        return await self._op(conv, "message", body=_as_bytes(body), attrs=attrs, cmid=cmid)
+
+    async def edit(
+        self, conv: str, op_id: str, body: bytes | str, *, cmid: str | None = None
+    ) -> Ack:
+        return await self._op(conv, "edit", target=op_id, body=_as_bytes(body), cmid=cmid)
+
+    async def delete(self, conv: str, op_id: str, *, cmid: str | None = None) -> Ack:
+        return await self._op(conv, "delete", target=op_id, cmid=cmid)
+
+    async def react(self, conv: str, op_id: str, key: str, *, cmid: str | None = None) -> Ack:
+        return await self._op(conv, "react", target=op_id, attrs={"key": key}, cmid=cmid)
+
+    async def unreact(self, conv: str, op_id: str, key: str, *, cmid: str | None = None) -> Ack:
+        """Remove this user's `key` reactions on a message: exactly the react ops the local view
+        holds (an observed-remove set), so the message must be in the local view."""
+        message = self._sync.state(conv).message(op_id)
+        if message is None:
+            raise InvalidRequest(f"message {op_id} is not in the local view of {conv}")
+        me = self._user()
+        mine: list[str] = sorted(
+            rid for rid, user in message.reactions.get(key, {}).items() if user == me
+        )
+        if not mine:
+            raise InvalidRequest(f"you have no {key!r} reaction on {op_id}")
+        return await self._op(conv, "unreact", target=op_id, attrs={"removes": mine}, cmid=cmid)
+
+    async def mark_read(self, conv: str, op_id: str) -> None:
+        """Move this user's read marker in `conv` up to `op_id` (never backwards)."""
+        if self._link.connected:
+            try:
+                await self._link.request(
+                    lambda rid: read_frame(rid, conv, op_id), self.config.ack_timeout_s
+                )
+                return
+            except (ConnectionLost, AckTimeout):
+                pass  # the HTTP form below is idempotent
+        await self._http_api().mark_read(self._token(), conv, op_id)
+
+    async def typing(self, conv: str, active: bool) -> bool:
+        """Tell the other members this user is (not) typing. Ephemeral: returns False when not
+        connected (nothing is queued); a refusal arrives as a ServerNotice event."""
+        return await self._link.send(typing_frame(conv, active))
+
+    async def backfill(self, conv: str) -> int:
+        """Load the whole op log of `conv` into the local view (a new process starts from its
+        persisted cursor with empty views). Ops the cursor already covers raise no events.
+        Returns how many ops the local log of `conv` holds."""
+        token = self._token()
+        async with self._sync_lock:
+            cursor = self._sync.encoded_cursor(without=ConvId(conv))
+            while True:
+                page = await self._http_api().sync(token, cursor, limit=self.config.sync_page)
+                self._ingest_page(page)
+                next_cursor = page.get("cursor")
+                if not page.get("more") or not isinstance(next_cursor, str):
+                    break
+                if next_cursor == cursor:
+                    break
+                cursor = next_cursor
+        mlog = self._sync.logs.get(ConvId(conv))
+        return 0 if mlog is None else len(mlog)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def _op(
+        self,
+        conv: str,
+        kind: OpKind,
+        *,
+        target: str = "",
+        attrs: Mapping[str, AttrValue] | None = None,
+        body: bytes = b"",
+        cmid: str | None = None,
+    ) -> Ack:
+        draft = Draft(
+            cmid=cmid or new_cmid(),
+            conv=conv,
+            kind=kind,
+            target=target,
+            attrs=dict(attrs or {}),
+            body=body,
+        )
+        return await self._submit(draft)
+
+    async def _submit(self, draft: Draft) -> Ack:
+        """Sign and send one op until acked: over the socket when connected, else POST /v1/ops;
+        across drops and reconnects with the same cmid, so the node applies it exactly once."""
+        cfg = self.config
+        token = self._token()
+        signed = draft.sign(self._user(), self.keystore.device, self.keystore.signing_key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.send_timeout_s
+        attempt = 0
+        while True:
+            remaining = max(deadline - loop.time(), 0.001)
+            failure: YanziError
+            try:
+                if self._link.connected:
+                    reply = await self._link.request(
+                        lambda rid: send_frame(rid, signed), min(cfg.ack_timeout_s, remaining)
+                    )
+                    return Ack.from_json(reply.frame, signed.cmid)
+                async with asyncio.timeout(remaining):
+                    frame = await self._http_api().post_op(token, signed.to_json())
+                return Ack.from_json(frame, signed.cmid)
+            except ServerError as err:
+                if not err.retryable:
+                    raise
+                failure = err
+            except (ConnectionLost, YanziTimeout) as err:
+                failure = err
+            except TimeoutError:
+                failure = AckTimeout(f"POST /v1/ops for cmid {signed.cmid} timed out")
+            wait = min(self._backoff.delay(attempt, self._rng.uniform), deadline - loop.time())
+            attempt += 1
+            if wait <= 0:
+                raise AckTimeout(
+                    f"op {signed.cmid} not acknowledged within {cfg.send_timeout_s} s "
+                    f"({failure}); retrying with the same cmid is safe"
+                ) from failure
+            log.debug("retrying cmid %s in %.2f s after: %s", signed.cmid, wait, failure)
+            await self._link.wait_online(wait)
+
+    # -- LinkHandler: what the socket reports --------------------------------------------------
+
+    def link_up(self, ready: Ready, *, reconnected: bool) -> None:
+        self._emit(Connected(ready.user, ready.device, ready.node, ready.session))
+        if reconnected:
+            self._request_sync()  # the gap since the drop comes over HTTP
+
+    def link_down(self, event: Disconnected) -> None:
+        self._emit(event)
+
+    def link_frame(self, frame: ServerFrame) -> None:
+        if isinstance(frame, OpFrame):
+            self._ingest(frame.op, live=True)
+        elif isinstance(frame, ErrorFrame):
+            self._emit(ServerNotice(frame.code, frame.message))
+        elif isinstance(frame, Read | Typing | Presence):
+            self._emit(frame)
+        # ready, unknown frame types and stray replies carry nothing for the application
+
+    # -- catch-up and the cursor --------------------------------------------------------------
+
+    def _ingest(self, op: Op, *, live: bool) -> bool:
+        result = self._sync.ingest(op)
+        if result.cursor_moved:
+            self._cursor_dirty.set()
+        if result.new:
+            self._emit(OpReceived(op.conv, op, live))
+        if live and result.gap:
+            self._request_sync()  # a live op beyond a hole: fetch the hole over HTTP
+        return result.new
+
+    def _ingest_page(self, page: Mapping[str, Any]) -> int:
+        ops = page.get("ops")
+        if not isinstance(ops, list):
+            raise ProtocolError("a sync page needs an ops list")
+        try:
+            decoded = [Op.from_json(raw) for raw in ops]
+        except DecodeError as exc:
+            raise ProtocolError(f"malformed op in a sync page: {exc}") from None
+        return sum(self._ingest(op, live=False) for op in decoded)
+
+    async def _catch_up(self) -> int:
+        """Pull every op the cursor lacks, page by page, until the node says there is no more."""
+        token = self._token()
+        new = 0
+        async with self._sync_lock:
+            cursor = self._sync.encoded_cursor()
+            while True:
+                page = await self._http_api().sync(token, cursor, limit=self.config.sync_page)
+                new += self._ingest_page(page)
+                if not page.get("more"):
+                    break
+                next_cursor = self._sync.encoded_cursor()
+                if next_cursor == cursor:
+                    # The node holds dots beyond a hole it cannot fill either (federation):
+                    # asking again would return the same page forever.
+                    log.warning("catch-up made no progress; the rest comes live or later")
+                    break
+                cursor = next_cursor
+            self._sync.note_caught_up()
+        self._emit(CaughtUp(new))
+        return new
+
+    def _request_sync(self) -> None:
+        self._sync_wanted.set()
+
+    async def _sync_worker(self) -> None:
+        attempt = 0
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            try:
+                await self._catch_up()
+                attempt = 0
+            except (ConnectionLost, YanziTimeout, ServerError, ProtocolError, NotLoggedIn) as exc:
+                log.warning("catch-up failed: %s", exc)
+                if self._link.connected and not getattr(exc, "needs_login", False):
+                    await asyncio.sleep(self._backoff.delay(attempt, self._rng.uniform))
+                    attempt += 1
+                    self._request_sync()
+
+    async def _persist_worker(self) -> None:
+        while True:
+            await self._cursor_dirty.wait()
+            await asyncio.sleep(self.config.persist_delay_s)  # one write per burst
+            self._cursor_dirty.clear()
+            try:
+                await self._persist()
+            except KeystoreError as exc:
+                log.error("could not save the cursor: %s", exc)
+
+    async def _persist(self) -> None:
+        async with self._persist_lock:
+            self.keystore.cursor = copy.deepcopy(self._sync.cursor)
+            data = self.keystore.dumps()
+            write = asyncio.get_running_loop().run_in_executor(
+                None, write_atomic, self.keystore.path, data
+            )
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # A thread cannot be cancelled: hold the lock until it is done, or an older
+                # snapshot could land after (and over) a newer one.
+                await asyncio.wait({write})
+                raise
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        if not self._workers:
+            self._workers = [
+                self._own(self._sync_worker(), "yanzi-catch-up"),
+                self._own(self._persist_worker(), "yanzi-cursor-writer"),
+            ]
+
+    def _own(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Start a task the client owns (close() cancels and awaits it); log if it crashes."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(log_crash)
+        return task
+
+    def _emit(self, event: Event) -> None:
+        for stream in self._streams:
+            stream._put(event)
+
+    def _detach(self, stream: EventStream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
+
+    def _http_api(self) -> HttpApi:
+        if self._closed:
+            raise YanziError("this client is closed")
+        if self._api is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.config.connect_timeout_s
+                )
+            )
+            self._api = HttpApi(self._http, self.base_url, timeout_s=self.config.request_timeout_s)
+        return self._api
+
+    def _token(self) -> str:
+        if not self.keystore.token:
+            raise NotLoggedIn("no token in the keystore: call login() first")
+        return self.keystore.token
+
+    def _user(self) -> str:
+        if not self.keystore.user:
+            raise NotLoggedIn("no user in the keystore: call login() first")
+        return self.keystore.user
