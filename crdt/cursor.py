@@ -42,8 +42,14 @@ def cursor_from_json(value: object) -> Cursor:
 
 
 def encode_cursor(cursor: Mapping[ConvId, Mapping[NodeId, int]]) -> str:
-    value = {"v": CURSOR_VERSION, "vv": {c: dict(vv) for c, vv in cursor.items()}}
-    return b64encode(canonical_json(value))
+    """Encode in normal form; raises DecodeError for what `decode_cursor` would refuse.
+
+    Normalising through `cursor_from_json` means zero seqs are dropped (so
+    `decode_cursor(encode_cursor(c)) == c` for every normal-form cursor) and a cursor the node
+    could never read back is refused here rather than handed to a client.
+    """
+    normal = cursor_from_json({c: dict(vv) for c, vv in cursor.items()})
+    return b64encode(canonical_json({"v": CURSOR_VERSION, "vv": normal}))
 
 
 def decode_cursor(text: object) -> Cursor:

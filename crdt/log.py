@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 
-from crdt.errors import CrdtError
+from crdt.errors import CrdtError, DecodeError
 from crdt.op import ConvId, Dot, NodeId, Op, OpId
 from crdt.state import ConversationState, ConversationView
 from crdt.vv import VersionVector
@@ -163,7 +163,11 @@ class MessageLog:
 
         A prefix in total order is a prefix per origin too (an origin stamps its seqs in HLC
         order), so a client that advances its cursor over a page never skips a dot.
+        A negative `limit` raises DecodeError.
         """
+        if limit is not None and limit < 0:
+            # `missing[:-n]` would silently drop the *last* n ops instead of returning a page.
+            raise DecodeError(f"limit must be >= 0, not {limit}")
         missing = [self._ops[self._by_dot[dot]] for dot in self._vv.dots_beyond(remote)]
         missing.sort(key=_order_key)
         return missing if limit is None else missing[:limit]

@@ -155,7 +155,11 @@ class ConversationState:
                 return "the target message is deleted"
             if kind == "edit" and target.op.author != author:
                 return "only the author may edit a message"
-            if kind == "delete" and target.op.author != author and self._rank(author) < RANK["admin"]:
+            if (
+                kind == "delete"
+                and target.op.author != author
+                and self._rank(author) < RANK["admin"]
+            ):
                 return "only the author or an admin may delete a message"
             if kind == "react":
                 rkey = attrs.get("key")
@@ -189,8 +193,12 @@ class ConversationState:
         removes = op.content.attrs.get("removes")
         if not isinstance(removes, list):
             return []
-        own = []
+        own: list[OpId] = []
         for react_id in removes:
+            if react_id in own:
+                # `removes: [r, r]` is well-formed; naming r twice must not pop it twice in
+                # `_mutate` (a KeyError there broke the fold on every replica, mid-apply).
+                continue
             found = self._reacts.get(OpId(react_id))
             if found is None or found[0] != target.op.op_id:
                 continue
@@ -215,13 +223,18 @@ class ConversationState:
         if op.kind == "member_remove":
             if not target_rank:
                 return "the user is not a member"
-            if target != author and not (author_rank >= RANK["admin"] and author_rank > target_rank):
+            if target != author and not (
+                author_rank >= RANK["admin"] and author_rank > target_rank
+            ):
                 return "you may remove yourself, or members of lower rank if you are an admin"
             return None
         if op.kind == "member_role":
             if not target_rank or target == author:
                 return "the target must be another member"
-            if not isinstance(role, str) or role not in RANK:
+            # A role change names its role: no default here (`_mutate` reads attrs["role"], and
+            # a missing key raised KeyError mid-fold on every replica).
+            new_role = op.content.attrs.get("role")
+            if not isinstance(new_role, str) or new_role not in RANK:
                 return "attrs.role must be owner, admin or member"
             if author_rank < RANK["owner"]:
                 return "only owners change roles"

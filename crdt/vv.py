@@ -1,4 +1,4 @@
-"""Version vectors with gaps: per origin, the highest contiguous seq plus the dots seen beyond it."""
+"""Version vectors with gaps: per origin, the highest contiguous seq plus the dots seen beyond."""
 
 from __future__ import annotations
 
@@ -70,9 +70,32 @@ class VersionVector:
         return True
 
     def merge(self, other: VersionVector) -> None:
-        """In-place union (the join of the dot-set lattice)."""
-        for dot in other.dots_beyond(VersionVector()):
-            self.add(dot)
+        """In-place union (the join of the dot-set lattice).
+
+        Joins contiguous prefixes by max instead of adding their dots one by one: `other` may
+        come off the wire claiming `{origin: 2**53 - 1}`, and walking that prefix never ends.
+        """
+        for origin, top in other._contiguous.items():
+            if top > self._contiguous.get(origin, 0):
+                self._contiguous[origin] = top
+                self._absorb_extras(origin)
+        for origin, seqs in other._extra.items():
+            for seq in seqs:
+                self.add(Dot(origin, seq))
+
+    def _absorb_extras(self, origin: NodeId) -> None:
+        """Restore the invariant after the prefix of `origin` grew: extras lie beyond a gap."""
+        extra = self._extra.get(origin)
+        if not extra:
+            return
+        top = self._contiguous[origin]
+        extra.difference_update([seq for seq in extra if seq <= top])
+        while top + 1 in extra:
+            top += 1
+            extra.discard(top)
+        self._contiguous[origin] = top
+        if not extra:
+            del self._extra[origin]
 
     def contiguous(self) -> dict[NodeId, int]:
         """The portable part: origin -> highest contiguous seq (what a client cursor stores)."""
@@ -130,10 +153,12 @@ class VersionVector:
             raise DecodeError("version vector parts must be objects")
         vv = cls(contiguous)
         for origin, seqs in extra.items():
+            # Checked before the loop: an empty list used to let any key through unvalidated.
+            check_id(origin, "origin")
             if not isinstance(seqs, list) or len(seqs) > 100_000:
                 raise DecodeError("version vector extras must be lists of seqs")
             for seq in seqs:
-                vv.add(Dot(NodeId(check_id(origin, "origin")), seq))
+                vv.add(Dot(NodeId(origin), seq))
         return vv
 
     def __repr__(self) -> str:
