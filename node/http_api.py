@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from crdt import DecodeError, decode_cursor, encode_cursor, strict_loads
+from crdt import DecodeError, b64decode, decode_cursor, encode_cursor, strict_loads
 from node.accounts import Accounts, DeviceKeys
 from node.config import NodeConfig
 from node.errors import ClientError
@@ -78,6 +78,7 @@ class HttpApi:
             web.get("/v1/conversations/{conv}/messages", self.messages),
             web.post("/v1/conversations/{conv}/read", self.read),
             web.get("/v1/sync", self.sync),
+            web.post("/v1/sync", self.sync_post),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics_endpoint),
@@ -204,14 +205,21 @@ class HttpApi:
             raise ClientError("bad_request", "a direct conversation needs another user")
         if not self.accounts.user_exists(peer):
             raise ClientError("not_found", f"no user {peer}")
+        dsig_text = self._field(body, "dsig", required=False) or ""
+        try:
+            dsig = b64decode(dsig_text, max_bytes=64)
+        except DecodeError:
+            raise ClientError("bad_request", "dsig must be unpadded base64url") from None
         conv = direct_conv_id(who.user, peer)
         if conv not in self.hub.logs:
+            # The create's content is fixed by the pair, so a client can sign it (dsig) ahead.
             send = Send(
                 id=None,
                 cmid=f"direct:{peer}",
                 conv=conv,
                 kind="create",
                 attrs={"type": "direct", "members": [peer]},
+                dsig=dsig,
             )
             try:
                 await self.hub.submit(who, send)
@@ -274,8 +282,24 @@ class HttpApi:
         limit = self._int_query(
             request, "limit", self.config.max_sync_page, self.config.max_sync_page
         )
+        return self._sync(who, request.query.get("cursor", ""), limit)
+
+    async def sync_post(self, request: web.Request) -> web.Response:
+        """The same as GET /v1/sync with the cursor in the body: cursors of many conversations
+        outgrow a URL (aiohttp refuses request lines over 8190 bytes)."""
+        who, _ = self._who(request)
+        body = await self._body(request)
+        cursor = self._field(body, "cursor", required=False) or ""
+        limit = self._field(body, "limit", int, required=False) or self.config.max_sync_page
+        if not 0 < limit <= self.config.max_sync_page:
+            raise ClientError(
+                "bad_request", f"limit must be an integer from 1 to {self.config.max_sync_page}"
+            )
+        return self._sync(who, cursor, limit)
+
+    def _sync(self, who: Identity, cursor_text: str, limit: int) -> web.Response:
         try:
-            cursor = decode_cursor(request.query.get("cursor", ""))
+            cursor = decode_cursor(cursor_text)
         except DecodeError as exc:
             raise ClientError("bad_request", f"cursor: {exc}") from None
         ops, new_cursor, more = self.hub.sync(who.user, cursor, limit)

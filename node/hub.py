@@ -234,6 +234,11 @@ class Hub:
             )
         except Exception as exc:
             log.exception("commit failed for conv %s", op.conv)
+            # Give the seq back if nothing was stamped after it; otherwise it stays a hole in
+            # this origin's dots (cursors stall below it until the operator restarts the node,
+            # which re-derives seqs from what LMDB holds).
+            if self._next_seq.get(op.conv) == op.dot.seq + 1:
+                self._next_seq[op.conv] = op.dot.seq
             if self._next_seq.get(op.conv) == op.dot.seq + 1:
                 # Give the seq back if nothing was stamped after it: a hole in the dots would
                 # pin every client cursor (max *contiguous* seq) below it for good.
