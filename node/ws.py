@@ -135,13 +135,17 @@ class WsEndpoint:
             try:
                 event = conn.receive(msg.data)
                 self.metrics.frames_in.labels(type(event).__name__.lower()).inc()
+                # Typing fans out to every member too: unthrottled, one client could fill
+                # (and so close as slow) the queues of everyone it shares a conversation with.
+                if isinstance(event, Send | Typing) and not self.sessions.allow(
+                    who.user, who.device
+                ):
+                    raise ClientError(
+                        "rate_limited",
+                        f"more than {self.config.rate_per_s:g} sends/typing frames a second",
+                        request_id=event.id,
+                    )
                 if isinstance(event, Send):
-                    if not self.sessions.allow(who.user, who.device):
-                        raise ClientError(
-                            "rate_limited",
-                            f"more than {self.config.rate_per_s:g} sends/s; slow down",
-                            request_id=event.id,
-                        )
                     await inflight.acquire()
                     tasks.create_task(
                         self._send(session, who, event, inflight, time.perf_counter())
