@@ -19,6 +19,7 @@ import pytest
 from tests.helpers import NodeProcess
 from tests.integration.conftest import (
     Api,
+    Closed,
     Login,
     Nodes,
     RawWs,
@@ -680,3 +681,36 @@ async def test_healthz_metrics_and_errors_are_counted(api: Api, others: Bystande
     before = await api.metric("yanzi_errors_total")
     await api.call("POST", "/v1/register", data="{")
     assert await api.metric("yanzi_errors_total") == before + 1
+
+
+async def test_a_typing_flood_does_not_knock_other_members_off(
+    api: Api, pair: tuple[Login, Login, str], others: Bystanders
+) -> None:
+    """Typing frames fan out to every member: unthrottled, one client could fill (and so
+    close, as slow consumers) the send queues of everyone it shares a conversation with."""
+    a, b, conv = pair
+    attacker, victim = await api.ws(a), await api.ws(b)
+    frame = json.dumps({"type": "typing", "conv": conv, "active": True})
+    for _ in range(3000):
+        await attacker.ws.send_str(frame)
+
+    # The victim's session survives and still gets real messages.
+    again = await api.ws(a)
+
+    async def sends_again() -> bool:  # the flooder's bucket refills first
+        return (await again.message(conv, "real message"))["type"] == "ack"
+
+    await eventually(sends_again, timeout=5, interval=0.1)
+    await victim.expect_op(conv, "real message")
+    await assert_alive(victim, conv)
+    typing = [f for f in victim.backlog if f["type"] == "typing"]
+    assert 0 < len(typing) <= 2 * RATE_BURST
+
+    # The flooder is told (rate_limited); if it does not read its errors it may be closed as
+    # a slow consumer itself: that is its own business.
+    try:
+        assert (await attacker.request({"type": "ping"}, timeout=30))["type"] == "pong"
+    except Closed as closed:
+        assert closed.code == 4008
+    errors = [f for f in attacker.backlog if f["type"] == "error"]
+    assert errors and {f["code"] for f in errors} == {"rate_limited"}
