@@ -215,6 +215,10 @@ class Op:
                 raise DecodeError("signatures must be empty or 64 bytes")
         object.__setattr__(self, "op_id", compute_op_id(self.content, self.hlc, self.dot))
 
+    def __hash__(self) -> int:
+        # The generated hash would hash `attrs` (a dict); the op id already names the header.
+        return hash((self.op_id, self.dsig, self.nsig))
+
     # Convenience accessors: the view code reads these on every op.
     @property
     def conv(self) -> ConvId:
