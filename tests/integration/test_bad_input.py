@@ -15,7 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from node.errors import ERROR_CODES
 from tests.helpers import NodeProcess
 from tests.integration.conftest import (
     Api,
@@ -364,6 +367,7 @@ async def test_expired_token_is_refused_with_4001(
     node = nodes.start({"YANZI_TOKEN_TTL_S": "1"})
     api = Api(http, node)
     alice = await api.user("alice")
+    others = await Bystanders(api).start()
 
     async def expired() -> bool:
         status, body = await api.call("GET", "/v1/me", who=alice)
@@ -379,6 +383,10 @@ async def test_expired_token_is_refused_with_4001(
 
     fresh_login = await api.login("alice")  # logging in again works
     assert (await (await api.ws(fresh_login)).request({"type": "ping"}))["type"] == "pong"
+    # The bystanders' sessions outlive their tokens (checked at connect time only); new
+    # tokens for new connections:
+    others.x, others.y = await api.login(others.x.user), await api.login(others.y.user)
+    await others.check()
 
 
 async def _auth_refused(api: Api, token: Any) -> tuple[dict[str, Any], int | None]:
@@ -714,3 +722,62 @@ async def test_a_typing_flood_does_not_knock_other_members_off(
         assert closed.code == 4008
     errors = [f for f in attacker.backlog if f["type"] == "error"]
     assert errors and {f["code"] for f in errors} == {"rate_limited"}
+
+
+garbage_frames = st.lists(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200),
+        st.dictionaries(
+            st.sampled_from(["type", "id", "cmid", "conv", "kind", "body", "attrs", "active"]),
+            st.one_of(
+                st.sampled_from(["send", "read", "typing", "ping", "message", "auth"]),
+                st.integers(),
+                st.booleans(),
+                st.none(),
+                st.text(max_size=10),
+            ),
+        ).map(json.dumps),
+    ),
+    max_size=MAX_ERRORS - 5,
+)
+
+
+async def _drive(node: NodeProcess, token: str, frames: list[bytes | str]) -> None:
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(node.ws_url)
+        await ws.send_json({"type": "auth", "token": token})
+        assert json.loads((await ws.receive(timeout=5)).data)["type"] == "ready"
+        for frame in frames:
+            await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+        await ws.send_json({"type": "ping", "id": "end"})
+        while True:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.TEXT, (msg, frames)
+            reply = json.loads(msg.data)
+            if reply.get("id") == "end":
+                assert reply["type"] == "pong"
+                break
+            if reply["type"] == "error":
+                assert reply["code"] in ERROR_CODES and reply["message"]
+                assert ERROR_CODES[reply["code"]][1], reply  # only session-surviving codes
+        await ws.close()
+
+
+def test_random_garbage_through_a_real_socket(shared_node: NodeProcess) -> None:
+    """Hypothesis picks the garbage; the session answers each with a known code and lives."""
+
+    async def setup() -> tuple[str, str]:
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, shared_node)
+            who = await api.user(fresh("fuzz"))
+            return who.token, await api.direct(who, (await api.user(fresh("fuzzpeer"))).user)
+
+    token, _ = asyncio.run(setup())
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(frames=garbage_frames)
+    def run(frames: list[bytes | str]) -> None:
+        asyncio.run(_drive(shared_node, token, frames))
+
+    run()
