@@ -412,7 +412,16 @@ async def test_revoked_and_bogus_tokens_are_refused_with_4001(
         err, code = await _auth_refused(api, token)
         assert code == 4001 and err["code"] in ("auth_failed", "auth_required"), token
     # The user's other device is unaffected.
-    await assert_alive(await api.ws(keep), conv)
+    live = await api.ws(keep)
+    await assert_alive(live, conv)
+
+    # "Log out everywhere" revokes every token and closes the user's live sessions (4011).
+    peer_ws = await api.ws(pair[1])
+    assert (await api.ok("POST", "/v1/logout_all", who=keep))["revoked"] >= 1
+    assert await live.closed() == 4011
+    err, code = await _auth_refused(api, keep.token)
+    assert (err["code"], code) == ("auth_failed", 4001)
+    await assert_alive(peer_ws, conv)  # the other member is untouched
 
 
 async def test_first_frame_must_be_auth(

@@ -272,3 +272,22 @@ async def test_node_still_serves_after_many_sessions_come_and_go(api: Api) -> No
     await b.expect_op(conv, "still here")
     await eventually(lambda: api.metric("yanzi_connections"))
     assert await api.metric("yanzi_connections") == 2
+
+
+async def test_an_idle_session_is_closed_with_4010(nodes: Nodes, http) -> None:
+    node = nodes.start({"YANZI_IDLE_TIMEOUT_S": "0.5", "YANZI_HEARTBEAT_S": "60"})
+    api = Api(http, node)
+    alice, bob = await api.users("alice", "bob")
+    conv = await api.direct(alice, "bob")
+    quiet, chatty = await api.ws(alice), await api.ws(bob)
+    assert quiet.ready["limits"]["idle_timeout_s"] == 0.5
+
+    async def keep_talking() -> None:
+        for _ in range(8):
+            assert (await chatty.request({"type": "ping"}))["type"] == "pong"
+            await asyncio.sleep(0.2)  # the point here is elapsed time: pings below the limit
+
+    talking = asyncio.create_task(keep_talking())
+    assert await quiet.closed(timeout=5) == 4010
+    await talking
+    assert (await chatty.message(conv, "still here"))["type"] == "ack"
