@@ -22,6 +22,11 @@ Files (all in the node's data dir):
     and calls `discard_pending(ids)` once they are durably in its own roster store. Until then
     they stay; re-publishing is harmless because roster records are idempotent.
 
+Invite tokens are never written: ``invite`` returns the token to the caller, and ``join`` keeps
+only the enrolment record it makes, which carries the signed invite without the token's
+one-time seed (see `federation.invite`); no record or pending file can be replayed to enrol
+another node.
+
 Read-modify-write of ``roster-pending.json`` holds an exclusive `flock` on ``mesh.lock`` so a
 CLI command and a running node do not lose each other's changes.
 """
@@ -109,7 +114,8 @@ class MeshFiles:
         return mesh_id, record
 
     def invite(self, region: str, expires_s: int, nats_urls: Sequence[str], now_ms: int) -> str:
-        """Sign an invite for one node in `region`, valid for `expires_s` seconds."""
+        """Sign an invite for one node in `region`, valid for `expires_s` seconds; return its
+        token, a bearer secret until used (it holds the invite's one-time key)."""
         if self.load() is None:
             raise MeshFilesError(f"{self.data_dir} is not in a mesh: run `yanzi mesh init`")
         operator = self._need_operator_key()
@@ -121,6 +127,7 @@ class MeshFiles:
             expires_ms=now_ms + expires_s * 1000,
             nats_urls=nats_urls,
             random16=os.urandom(16),
+            enrol_seed=os.urandom(32),
         )
         log.info("issued an invite for region %s, valid %d s", region, expires_s)
         return token
@@ -130,7 +137,7 @@ class MeshFiles:
     ) -> dict[str, Any]:
         """Enrol this node with an invite: verify it (not expired), record the mesh, and queue
         the enrolment for publishing. `region` None means the invite's region."""
-        invite = parse_invite(token, now_ms=now_ms)
+        invite = parse_invite(token, now_ms=now_ms).invite
         if region is not None and region != invite.region:
             raise InviteError(f"this invite is for region {invite.region!r}, not {region!r}")
         current = self.load()
@@ -147,9 +154,7 @@ class MeshFiles:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         node_key = load_or_create_key(self.data_dir)
         try:
-            record = enrol_record(
-                node_key, invite.token, region=invite.region, urls=urls, ts=now_ms
-            )
+            record = enrol_record(node_key, token, region=invite.region, urls=urls, ts=now_ms)
         except RosterError as exc:
             raise MeshFilesError(f"cannot enrol: {exc}") from None
         self._append_pending(record)

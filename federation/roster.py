@@ -6,9 +6,9 @@ validity from the record alone (never from what else is known), and the view is 
 function of the set.
 
 Records are canonical JSON objects with exactly the fields below. Signatures are Ed25519 over
-``b"yanzi-roster-v1\\x00" + canonical_json(record without "nsig"/"osig")``, in unpadded base64url;
-``nsig`` is by the enrolling node's key (its id), ``osig`` by the mesh's operator key. Both
-signatures of a genesis record cover the same bytes.
+``b"yanzi-roster-v1\\x00" + canonical_json(record without "nsig"/"osig"/"esig")``, in unpadded
+base64url; ``nsig`` is by the enrolling node's key (its id), ``osig`` by the mesh's operator key.
+Both signatures of a genesis record cover the same bytes.
 
 - operator enrolment (``yanzi mesh init`` enrols the operator's own node this way)::
 
@@ -16,9 +16,14 @@ signatures of a genesis record cover the same bytes.
 
 - invited enrolment (``yanzi join``)::
 
-    {"t":"enrol","mesh":M,"node":N,"region":R,"urls":[...],"ts":T,"invite":<token>,"nsig":..}
+    {"t":"enrol","mesh":M,"node":N,"region":R,"urls":[...],"ts":T,
+     "invite":{<the signed invite object>},"isig":<operator's invite signature>,"nsig":..,"esig":..}
 
-  valid iff the invite token verifies (see `federation.invite`) for this mesh and operator,
+  ``invite`` and ``isig`` are the public part of the invite token (see `federation.invite`),
+  without its one-time seed. ``esig`` is a signature by the invite's one-time ``enrol_key``
+  over ``b"yanzi-enrol-v1\\x00" + canonical_json(record without "nsig"/"osig"/"esig")``: it
+  binds this node, ``ts``, region and URLs to the invite, and only the token holder can make
+  it. Valid iff the invite verifies for this mesh and operator, ``esig`` verifies,
   ``ts <= invite exp`` and ``region == invite region``.
 - revocation: ``{"t":"revoke","mesh":M,"node":N,"ts":T,"osig":..}``.
 - node info update: ``{"t":"info","mesh":M,"node":N,"region":R,"urls":[...],"ts":T,"nsig":..}``.
@@ -30,7 +35,10 @@ so two replicas compare rosters with one string and exchange only `missing_for` 
 The view (`Roster.members`):
 
 1. Single use: among the valid enrolments naming the same invite id, only the one with the
-   smallest ``(ts, node, record id)`` counts; the others are kept (the set only grows) but ignored.
+   smallest ``(ts, node, record id)`` counts; the others are kept (the set only grows) but
+   ignored. Revocation spends an invite for good: if any enrolment with an invite names a
+   revoked node, no enrolment with that invite counts (so the holder of a revoked node's
+   token cannot come back with a fresh key and an earlier ``ts``).
 2. A node is enrolled if at least one of its enrolments counts (operator enrolments always
    count); its region and ``enrolled_ts`` come from the counting enrolment with the smallest
    ``(ts, record id)``. The region never changes after that.
@@ -39,13 +47,15 @@ The view (`Roster.members`):
 4. Members are the enrolled nodes minus every revoked node. Revocation is permanent for the
    node id (a revoked machine rejoins with a new key and a new invite).
 
-Timestamps are the signer's claim (ms since the epoch); the roster cannot check them against
-a clock without becoming order-dependent. Consequences an operator should know: expiry is
-enforced when a node joins (`parse_invite(..., now_ms=...)`) and by ``ts <= exp`` here, but a
-holder of an unused invite can backdate its enrolment; and the token travels inside the
-enrolment record, so any roster holder (a member, or an ex-member that kept a copy) could
-enrol another key with that invite and a smaller ``ts`` and so displace the node that used it.
-Keep invites short-lived, and revoke and re-invite if a displacement shows up.
+What a roster holder sees is never reusable: an enrolment carries the signed invite but not
+its seed, and ``esig`` covers the whole record, so a member (or an ex-member that kept a copy
+of the roster) cannot enrol another key with an invite it saw, backdated or not.
+
+Timestamps are the signer's claim (ms since the epoch); the roster cannot check them against a
+clock without becoming order-dependent. So the one who holds a token can still backdate its
+enrolment anywhere up to the invite's ``exp``; expiry is enforced when a node joins
+(`parse_invite(..., now_ms=...)`) and by ``ts <= exp`` here. Keep invites short-lived and
+their tokens secret (they are bearer secrets until used), and revoke if a stranger shows up.
 """
 
 from __future__ import annotations
@@ -69,15 +79,20 @@ from federation.invite import (
     valid_region,
     valid_ts,
     valid_urls,
+    verify_invite,
 )
 
 RecordId = NewType("RecordId", str)
 
 ROSTER_DOMAIN: Final = b"yanzi-roster-v1\x00"
+# The one-time invite key signs with its own prefix, so its signature can never pass for a
+# roster, invite, envelope or op signature (and vice versa).
+ENROL_DOMAIN: Final = b"yanzi-enrol-v1\x00"
 MAX_RECORD_BYTES: Final = 64 * 1024
-_SIG_FIELDS: Final = ("nsig", "osig")
-_ENROL: Final = frozenset({"t", "mesh", "node", "region", "urls", "ts", "invite", "nsig"})
-_GENESIS: Final = _ENROL | {"osig"}
+_SIG_FIELDS: Final = ("nsig", "osig", "esig")
+_BASE_ENROL: Final = frozenset({"t", "mesh", "node", "region", "urls", "ts", "invite", "nsig"})
+_GENESIS: Final = _BASE_ENROL | {"osig"}
+_ENROL: Final = _BASE_ENROL | {"isig", "esig"}
 _REVOKE: Final = frozenset({"t", "mesh", "node", "ts", "osig"})
 _INFO: Final = frozenset({"t", "mesh", "node", "region", "urls", "ts", "nsig"})
 
@@ -146,9 +161,10 @@ def decode_record(data: bytes | str) -> dict[str, Any]:
     return value
 
 
-def signing_bytes(record: dict[str, Any]) -> bytes:
+def signing_bytes(record: dict[str, Any], domain: bytes = ROSTER_DOMAIN) -> bytes:
+    """What `nsig`/`osig` (and, with ENROL_DOMAIN, `esig`) sign: the record without them."""
     unsigned = {k: v for k, v in record.items() if k not in _SIG_FIELDS}
-    return ROSTER_DOMAIN + encode_record(unsigned)
+    return domain + encode_record(unsigned)
 
 
 def genesis_record(
@@ -161,7 +177,7 @@ def genesis_record(
 ) -> dict[str, Any]:
     """An operator enrolment of `node_key`'s node, signed by both keys."""
     mesh = mesh_id_for(operator_key.verify_key)
-    record = _enrolment(mesh, node_key, region=region, urls=urls, ts=ts, invite=None)
+    record = _enrolment(mesh, node_key, region=region, urls=urls, ts=ts)
     record["osig"] = _sign(operator_key, record)
     _check(record, mesh, operator_key.verify_key)
     return record
@@ -175,13 +191,27 @@ def enrol_record(
     urls: Sequence[str],
     ts: int,
 ) -> dict[str, Any]:
-    """An enrolment of `node_key`'s node using an invite; raises RosterError if it would be
-    invalid (bad or foreign invite, region other than the invite's, `ts` after expiry)."""
+    """An enrolment of `node_key`'s node using an invite token; raises RosterError if it would
+    be invalid (bad or foreign invite, region other than the invite's, `ts` after expiry).
+
+    The record carries the signed invite but not the token's seed: it is signed with the
+    one-time key (`esig`) instead, so publishing it gives nobody the means to enrol again.
+    """
     try:
-        invite = parse_invite(invite_token)
+        parsed = parse_invite(invite_token)
     except InviteError as exc:
         raise RosterError(f"bad invite: {exc}") from None
-    record = _enrolment(invite.mesh, node_key, region=region, urls=urls, ts=ts, invite=invite.token)
+    invite = parsed.invite
+    record = _enrolment(
+        invite.mesh,
+        node_key,
+        region=region,
+        urls=urls,
+        ts=ts,
+        invite=invite.body(),
+        isig=invite.sig,
+    )
+    record["esig"] = _sign(parsed.enrol_signing_key(), record, ENROL_DOMAIN)
     _check(record, invite.mesh, _operator_key(invite.operator))
     return record
 
@@ -299,14 +329,17 @@ class Roster:
     def _compute_members(self) -> dict[NodeId, MemberInfo]:
         enrols = [e for e in self._entries.values() if isinstance(e, _Enrol)]
         winners: dict[str, _Enrol] = {}  # invite id -> the enrolment that holds it
+        burnt: set[str] = set()  # invite ids used by a revoked node: spent, enrol nobody
         for e in enrols:
             if e.invite_id is not None:
+                if e.node in self._revoked:
+                    burnt.add(e.invite_id)
                 held = winners.get(e.invite_id)
                 if held is None or (e.ts, e.node, e.id) < (held.ts, held.node, held.id):
                     winners[e.invite_id] = e
         first: dict[NodeId, _Enrol] = {}  # node -> its earliest counting enrolment
         for e in enrols:
-            if e.invite_id is not None and winners[e.invite_id] is not e:
+            if e.invite_id is not None and (winners[e.invite_id] is not e or e.invite_id in burnt):
                 continue
             if e.node in self._revoked:
                 continue
@@ -346,7 +379,8 @@ def _enrolment(
     region: str,
     urls: Sequence[str],
     ts: int,
-    invite: str | None,
+    invite: dict[str, Any] | None = None,
+    isig: str | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "t": "enrol",
@@ -357,15 +391,22 @@ def _enrolment(
         "ts": ts,
         "invite": invite,
     }
+    if invite is not None:
+        record["isig"] = isig
     record["nsig"] = _sign(node_key, record)
     return record
 
 
-def _sign(key: SigningKey, record: dict[str, Any]) -> str:
-    return b64encode(bytes(key.sign(signing_bytes(record)).signature))
+def _sign(key: SigningKey, record: dict[str, Any], domain: bytes = ROSTER_DOMAIN) -> str:
+    return b64encode(bytes(key.sign(signing_bytes(record, domain)).signature))
 
 
-def _verify(key: VerifyKey, record: dict[str, Any], field: str) -> None:
+_SIGNERS: Final = {"nsig": "node", "osig": "operator", "esig": "invite's one-time key"}
+
+
+def _verify(
+    key: VerifyKey, record: dict[str, Any], field: str, domain: bytes = ROSTER_DOMAIN
+) -> None:
     try:
         sig = b64decode(record[field], max_bytes=64)
     except DecodeError:
@@ -373,10 +414,9 @@ def _verify(key: VerifyKey, record: dict[str, Any], field: str) -> None:
     if len(sig) != 64:
         raise RosterError(f"{field} must be a 64-byte signature")
     try:
-        key.verify(signing_bytes(record), sig)
+        key.verify(signing_bytes(record, domain), sig)
     except BadSignatureError:
-        who = "node" if field == "nsig" else "operator"
-        raise RosterError(f"bad {who} signature ({field})") from None
+        raise RosterError(f"bad {_SIGNERS[field]} signature ({field})") from None
 
 
 def _check(record: object, mesh_id: str, operator: VerifyKey | None) -> _Entry:
@@ -423,15 +463,16 @@ def _check(record: object, mesh_id: str, operator: VerifyKey | None) -> _Entry:
         _verify(_need(operator), record, "osig")
         return _Enrol(rid, node, region, urls, ts, None)
     try:
-        invite = parse_invite(record["invite"])
+        invite = verify_invite(record["invite"], record["isig"])
     except InviteError as exc:
         raise RosterError(f"bad invite: {exc}") from None
     if invite.mesh != mesh_id or (
         operator is not None and invite.operator != b64encode(bytes(operator))
     ):
         raise RosterError("invite is for another mesh")
-    if invite.token != record["invite"]:
-        raise RosterError("invite token must be written without surrounding blanks")
+    # Only the token holder has the one-time key: without this, anyone who saw the signed
+    # invite (every roster holder) could enrol another node with it.
+    _verify(invite.enrol_verify_key(), record, "esig", ENROL_DOMAIN)
     if ts > invite.exp:
         raise RosterError("enrolment is later than the invite's expiry")
     if region != invite.region:

@@ -84,7 +84,7 @@ def test_an_interrupted_init_reuses_the_operator_key(tmp_path: Path) -> None:
 
 def test_invite_and_join_enrol_a_new_node(operator: MeshFiles, tmp_path: Path) -> None:
     token = operator.invite("cn-east", 3600, NATS, now_ms=T0)
-    invite = parse_invite(token)
+    invite = parse_invite(token).invite
     assert invite.region == "cn-east" and invite.exp == T0 + 3_600_000
     assert invite.nats == tuple(NATS)
 
@@ -110,6 +110,30 @@ def test_invite_and_join_enrol_a_new_node(operator: MeshFiles, tmp_path: Path) -
     new_node = node_id_for(load_or_create_key(tmp_path / "b").verify_key)
     assert roster.members()[new_node].region == "cn-east"
     assert len(roster.members()) == 2
+
+
+def test_no_file_keeps_the_invite_token_or_its_one_time_key(
+    operator: MeshFiles, tmp_path: Path
+) -> None:
+    """What is written (and later replicated) cannot be replayed to enrol another node."""
+    token = operator.invite("eu", 3600, NATS, now_ms=T0)
+    seed = parse_invite(token).seed
+    joiner = MeshFiles(tmp_path / "b")
+    enrol = joiner.join(token, None, [], now_ms=T0 + 1)
+    assert enrol["invite"] == parse_invite(token).invite.body()  # the public part only
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert seed not in data, path
+            assert b64encode(seed).encode() not in data, path
+            assert token.encode() not in data, path
+
+
+def test_two_invites_have_independent_one_time_keys(operator: MeshFiles) -> None:
+    first = parse_invite(operator.invite("eu", 60, NATS, now_ms=T0))
+    second = parse_invite(operator.invite("eu", 60, NATS, now_ms=T0))
+    assert first.invite.id != second.invite.id
+    assert first.seed != second.seed and first.invite.enrol_key != second.invite.enrol_key
 
 
 def test_join_refuses_an_expired_invite_and_writes_nothing(

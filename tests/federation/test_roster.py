@@ -1,4 +1,5 @@
-"""The roster CRDT: order- and duplication-independent view, single use, revocation, forgeries."""
+"""The roster CRDT: order- and duplication-independent view, single use, revocation, forgeries,
+and what a roster holder can (not) do with the invites it sees."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from crdt.signing import node_id_for
 from federation.errors import FederationError
 from federation.invite import make_invite, mesh_id_for, parse_invite
 from federation.roster import (
+    ENROL_DOMAIN,
+    ROSTER_DOMAIN,
     MemberInfo,
     Roster,
     RosterError,
@@ -47,6 +50,7 @@ def invite(
         expires_ms=exp,
         nats_urls=["nats://127.0.0.1:4222"],
         random16=bytes([n]) * 16,
+        enrol_seed=bytes([0x80 + n]) * 32,
     )
 
 
@@ -77,11 +81,21 @@ def view(roster: Roster) -> Any:
 
 
 def sign(record: dict[str, Any], *keys: tuple[str, SigningKey]) -> dict[str, Any]:
-    """Sign a hand-built record (so tests can build records the helpers refuse to make)."""
+    """Sign a hand-built record (so tests can build records the helpers refuse to make);
+    `esig` is made with the enrolment domain, `nsig` and `osig` with the roster's."""
     signed = dict(record)
     for field, key in keys:
-        signed[field] = b64encode(bytes(key.sign(signing_bytes(record)).signature))
+        domain = ENROL_DOMAIN if field == "esig" else ROSTER_DOMAIN
+        signed[field] = b64encode(bytes(key.sign(signing_bytes(record, domain)).signature))
     return signed
+
+
+def one_time_key(token: str) -> SigningKey:
+    return parse_invite(token).enrol_signing_key()
+
+
+def unsigned(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("nsig", "osig", "esig")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +142,7 @@ def histories(draw: st.DrawFn) -> History:
 
 
 def parse_region(token: str) -> str:
-    return parse_invite(token).region
+    return parse_invite(token).invite.region
 
 
 @given(history=histories(), data=st.data())
@@ -164,7 +178,8 @@ def test_anti_entropy_by_missing_for_converges(history: History, split: st.DataO
 
 @given(history=histories())
 def test_the_view_matches_the_rules(history: History) -> None:
-    """An independent restatement of the view: single use, earliest enrolment, LWW urls."""
+    """An independent restatement of the view: single use (spent for good by revoking any
+    node that used it), earliest enrolment, LWW urls."""
     roster = Roster(MESH, OPERATOR.verify_key)
     for record in history.records:
         roster.add(record)
@@ -173,10 +188,11 @@ def test_the_view_matches_the_rules(history: History) -> None:
     by_invite: dict[str, list[tuple[dict[str, Any], str]]] = {}
     for r, rid in records:
         if r["t"] == "enrol" and r["invite"] is not None:
-            by_invite.setdefault(r["invite"], []).append((r, rid))
+            by_invite.setdefault(r["invite"]["id"], []).append((r, rid))
     winners = {
         min(group, key=lambda e: (e[0]["ts"], e[0]["node"], e[1]))[1]
         for group in by_invite.values()
+        if not any(r["node"] in revoked for r, _ in group)
     }
     expected: dict[str, MemberInfo] = {}
     for node in set(IDS) - revoked:
@@ -311,28 +327,139 @@ def test_a_roster_needs_a_matching_mesh_and_operator() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# What a roster holder can do with the invites it sees: nothing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_no_roster_record_holds_the_tokens_secret() -> None:
+    token = invite(n=3)
+    seed = parse_invite(token).seed
+    roster = fresh(genesis(), enrol_record(NODES[1], token, region="eu", urls=url(1), ts=T0))
+    wire = b"".join(encode_record(r) for r in roster.records())
+    assert seed not in wire and b64encode(seed).encode() not in wire
+    assert token.encode() not in wire
+
+
+def attempts(seen: dict[str, Any], thief: int, ts: int) -> list[dict[str, Any]]:
+    """Every enrolment of node `thief` a roster holder can build from a seen enrolment: the
+    signed invite copied, `ts` of its choice, and for `esig` whatever it can copy or sign."""
+    fields = {**unsigned(seen), "node": IDS[thief], "urls": url(thief), "ts": ts}
+    own = sign(fields, ("nsig", NODES[thief]))
+    forged = [seen["esig"], seen["nsig"], seen["isig"]]
+    forged += [sign(fields, ("esig", key))["esig"] for key in (NODES[thief], OPERATOR)]
+    forged += [sign(unsigned(seen), ("esig", NODES[thief]))["esig"]]
+    return [{**own, "esig": esig} for esig in forged]
+
+
+@given(
+    thief=st.integers(2, len(NODES) - 1),
+    ts=st.integers(0, T0 + 3_600_000),
+    revoked=st.booleans(),
+)
+def test_a_roster_holder_cannot_enrol_another_key_with_a_seen_invite(
+    thief: int, ts: int, revoked: bool
+) -> None:
+    """A member, or an ex-member that kept a copy of the roster, sees the enrolment that used
+    an invite. Whatever `ts` it claims (backdated or not), it cannot make a competing one."""
+    used = enrol_record(NODES[1], invite(n=3), region="eu", urls=url(1), ts=T0 + 100)
+    roster = fresh(genesis(), used)
+    if revoked:
+        roster.add(revoke_record(OPERATOR, MESH, IDS[thief], ts=T0 + 50))
+    before = view(roster)
+    seen = next(r for r in roster.records() if r["t"] == "enrol" and r["node"] == IDS[1])
+    for record in attempts(seen, thief, ts):
+        with pytest.raises(RosterError, match="esig"):
+            roster.add(record)
+    assert view(roster) == before
+    assert roster.is_member(IDS[1])  # the node that really used the invite keeps it
+
+
+def test_the_enrolment_signature_binds_the_node_ts_region_and_urls() -> None:
+    used = enrol_record(NODES[1], invite(n=3), region="eu", urls=url(1), ts=T0 + 100)
+    for change in ({"ts": T0}, {"urls": url(1, 1)}, {"node": IDS[2]}):
+        keys = NODES[2] if "node" in change else NODES[1]
+        record = {**sign({**unsigned(used), **change}, ("nsig", keys)), "esig": used["esig"]}
+        with pytest.raises(RosterError, match="esig"):
+            Roster(MESH, OPERATOR.verify_key).add(record)
+
+
+def test_a_revoked_node_that_kept_its_token_cannot_come_back_with_a_new_key() -> None:
+    """The one place the token still matters after use: its holder. Revocation spends the
+    invite for good, so an earlier-dated enrolment of a fresh key enrols nobody."""
+    token = invite()
+    used = enrol_record(NODES[1], token, region="eu", urls=url(1), ts=T0 + 100)
+    revoke = revoke_record(OPERATOR, MESH, IDS[1], ts=T0 + 200)
+    comeback = enrol_record(NODES[2], token, region="eu", urls=url(2), ts=T0)
+    roster = fresh(genesis(), used, revoke, comeback)
+    assert set(roster.members()) == {IDS[0]}
+    assert view(fresh(comeback, revoke, used, genesis())) == view(roster)
+
+
+def test_revoking_any_node_that_used_an_invite_spends_it() -> None:
+    token = invite()
+    holder = enrol_record(NODES[1], token, region="eu", urls=url(1), ts=T0)
+    second = enrol_record(NODES[2], token, region="eu", urls=url(2), ts=T0 + 1)
+    assert set(fresh(holder, second).members()) == {IDS[1]}
+    revoked = fresh(holder, second, revoke_record(OPERATOR, MESH, IDS[2], ts=T0 + 2))
+    assert revoked.members() == {}
+
+
+def test_the_token_holder_can_still_backdate_within_the_invites_validity() -> None:
+    """The limit that remains (see the module docstring): the roster has no clock, so an
+    enrolment made after expiry but dated before it is valid here; `yanzi join` refuses an
+    expired token (`parse_invite(..., now_ms=...)`, tested in test_meshfiles)."""
+    token = invite(exp=T0 + 10)
+    backdated = enrol_record(NODES[1], token, region="eu", urls=url(1), ts=T0 + 10)
+    assert fresh(backdated).is_member(IDS[1])
+    with pytest.raises(RosterError, match="expiry"):
+        enrol_record(NODES[1], token, region="eu", urls=url(1), ts=T0 + 11)
+
+
+# ---------------------------------------------------------------------------------------------
 # Forgeries: each raises RosterError and changes nothing
 # ---------------------------------------------------------------------------------------------
 
 
-def enrol_fields(n: int, **overrides: Any) -> dict[str, Any]:
+def enrol_fields(n: int, token: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """An unsigned invited enrolment of node `n` (the public part of `token`, as the roster
+    would show it)."""
+    public = parse_invite(token or invite()).invite
     record: dict[str, Any] = {
         "t": "enrol",
         "mesh": MESH,
         "node": IDS[n],
-        "region": "eu",
+        "region": public.region,
         "urls": url(n),
         "ts": T0,
-        "invite": invite(),
+        "invite": public.body(),
+        "isig": public.sig,
     }
     record.update(overrides)
     return record
+
+
+def invited(n: int, token: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """An invited enrolment signed as the token holder would: node key and one-time key."""
+    token = token or invite()
+    record = enrol_fields(n, token, **overrides)
+    return sign(record, ("nsig", NODES[n]), ("esig", one_time_key(token)))
+
+
+def genesis_fields(n: int, **overrides: Any) -> dict[str, Any]:
+    record = {k: v for k, v in enrol_fields(n).items() if k != "isig"}
+    return {**record, "invite": None, **overrides}
 
 
 def flip_sig(record: dict[str, Any], field: str) -> dict[str, Any]:
     raw = bytearray(b64decode(record[field]))
     raw[0] ^= 1
     return {**record, field: b64encode(bytes(raw))}
+
+
+def test_the_forgery_helpers_make_valid_records_when_not_tampered_with() -> None:
+    """So that each forgery below is refused for its own defect, not a helper's slip."""
+    assert invited(1) == enrol_record(NODES[1], invite(), region="eu", urls=url(1), ts=T0)
+    assert fresh(invited(1), sign(genesis_fields(2), ("nsig", NODES[2]), ("osig", OPERATOR)))
 
 
 FORGERIES: dict[str, dict[str, Any]] = {
@@ -344,13 +471,14 @@ FORGERIES: dict[str, dict[str, Any]] = {
         "urls": url(0, 2),
     },
     "genesis signed by another operator": sign(
-        {**enrol_fields(1), "invite": None}, ("nsig", NODES[1]), ("osig", OTHER_OPERATOR)
+        genesis_fields(1), ("nsig", NODES[1]), ("osig", OTHER_OPERATOR)
     ),
     "genesis of another mesh": genesis_record(
         OTHER_OPERATOR, NODES[1], region="eu", urls=url(1), ts=T0
     ),
-    "genesis without operator signature": sign(
-        {**enrol_fields(1), "invite": None}, ("nsig", NODES[1])
+    "genesis without operator signature": sign(genesis_fields(1), ("nsig", NODES[1])),
+    "genesis with a one-time key signature": sign(
+        genesis_fields(1), ("nsig", NODES[1]), ("osig", OPERATOR), ("esig", NODES[1])
     ),
     "revocation signed by a node": sign(
         {"t": "revoke", "mesh": MESH, "node": IDS[0], "ts": T0}, ("osig", NODES[0])
@@ -362,33 +490,54 @@ FORGERIES: dict[str, dict[str, Any]] = {
         {"t": "info", "mesh": MESH, "node": IDS[0], "region": "eu", "urls": url(0), "ts": T0},
         ("nsig", NODES[1]),
     ),
-    "invite from another operator": sign(
-        enrol_fields(1, invite=invite(operator=OTHER_OPERATOR)), ("nsig", NODES[1])
-    ),
-    "enrolment after the invite expired": sign(
-        enrol_fields(1, invite=invite(exp=T0 + 10), ts=T0 + 11), ("nsig", NODES[1])
-    ),
-    "region other than the invite's": sign(
-        enrol_fields(1, invite=invite(region="cn-east"), region="eu"), ("nsig", NODES[1])
-    ),
+    "invite from another operator": invited(1, invite(operator=OTHER_OPERATOR)),
+    "enrolment after the invite expired": invited(1, invite(exp=T0 + 10), ts=T0 + 11),
+    "region other than the invite's": invited(1, invite(region="cn-east"), region="eu"),
     "invited enrolment also signed by the operator": sign(
-        enrol_fields(1), ("nsig", NODES[1]), ("osig", OPERATOR)
+        enrol_fields(1),
+        ("nsig", NODES[1]),
+        ("esig", one_time_key(invite())),
+        ("osig", OPERATOR),
     ),
-    "invited enrolment signed by another node": sign(enrol_fields(1), ("nsig", NODES[2])),
-    "garbage invite": sign(enrol_fields(1, invite="garbage"), ("nsig", NODES[1])),
-    "invite with blanks around it": sign(
-        enrol_fields(1, invite=" " + invite()), ("nsig", NODES[1])
+    "invited enrolment signed by another node": sign(
+        enrol_fields(1), ("nsig", NODES[2]), ("esig", one_time_key(invite()))
     ),
-    "unknown type": sign({**enrol_fields(1), "t": "promote"}, ("nsig", NODES[1])),
-    "extra field": sign({**enrol_fields(1), "note": "hi"}, ("nsig", NODES[1])),
-    "negative ts": sign(enrol_fields(1, ts=-1), ("nsig", NODES[1])),
-    "boolean ts": sign(enrol_fields(1, ts=True), ("nsig", NODES[1])),
+    "invited enrolment without a one-time key signature": sign(enrol_fields(1), ("nsig", NODES[1])),
+    "one-time key signature by the node key": sign(
+        enrol_fields(1), ("nsig", NODES[1]), ("esig", NODES[1])
+    ),
+    "one-time key signature by another invite's key": sign(
+        enrol_fields(1), ("nsig", NODES[1]), ("esig", one_time_key(invite(n=5)))
+    ),
+    "one-time key signature without the enrolment domain": {
+        **sign(enrol_fields(1), ("nsig", NODES[1])),
+        "esig": b64encode(
+            bytes(one_time_key(invite()).sign(signing_bytes(enrol_fields(1))).signature)
+        ),
+    },
+    "bad one-time key signature": flip_sig(invited(1), "esig"),
+    "bad invite signature": invited(1, isig=flip_sig(enrol_fields(1), "isig")["isig"]),
+    "invite signature missing": sign(
+        {k: v for k, v in enrol_fields(1).items() if k != "isig"},
+        ("nsig", NODES[1]),
+        ("esig", one_time_key(invite())),
+    ),
+    "invite changed after the operator signed it": invited(
+        1, invite=enrol_fields(1)["invite"] | {"exp": T0 + 7_200_000}
+    ),
+    "invite carrying its seed": invited(
+        1, invite=enrol_fields(1)["invite"] | {"seed": b64encode(b"\x80" * 32)}
+    ),
+    "invite as a whole token": invited(1, invite=invite()),
+    "garbage invite": invited(1, invite="garbage"),
+    "unknown type": invited(1, t="promote"),
+    "extra field": invited(1, note="hi"),
+    "negative ts": invited(1, ts=-1),
+    "boolean ts": invited(1, ts=True),
     "bad node id": sign(enrol_fields(1, node="n1"), ("nsig", NODES[1])),
-    "blank region": sign(
-        enrol_fields(1, invite=invite(region="eu"), region=" "), ("nsig", NODES[1])
-    ),
-    "bad url": sign(enrol_fields(1, urls=["no scheme"]), ("nsig", NODES[1])),
-    "urls not a list": sign(enrol_fields(1, urls="http://x"), ("nsig", NODES[1])),
+    "blank region": invited(1, region=" "),
+    "bad url": invited(1, urls=["no scheme"]),
+    "urls not a list": invited(1, urls="http://x"),
     "signature not base64url": {**genesis(1), "nsig": "!!"},
     "short signature": {**genesis(1), "nsig": b64encode(b"\x00" * 10)},
 }
@@ -446,7 +595,10 @@ def test_changing_or_dropping_any_field_is_refused(
 @given(
     st.dictionaries(st.text(max_size=8), json_values, max_size=9)
     | st.fixed_dictionaries(
-        {k: json_values for k in ("t", "mesh", "node", "region", "urls", "ts", "invite", "nsig")}
+        {
+            k: json_values
+            for k in ("t", "mesh", "node", "region", "urls", "ts", "invite", "isig", "nsig", "esig")
+        }
     )
 )
 def test_add_on_arbitrary_json_raises_only_roster_error(record: dict[str, Any]) -> None:
