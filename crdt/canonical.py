@@ -80,6 +80,15 @@ def canonical_json(value: Any) -> bytes:
     return _ENCODER.encode(value).encode("utf-8")
 
 
+def canonical_json_trusted(value: Any) -> bytes:
+    """Canonical JSON of a value built from already-validated parts (op headers): skips the
+    type walk, which costs more than the encoding itself. Lone surrogates still fail here."""
+    try:
+        return _ENCODER.encode(value).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise DecodeError(f"not canonical JSON: {exc}") from None
+
+
 def _no_float(text: str) -> Any:
     raise DecodeError(f"floats are not allowed: {text[:32]}")
 

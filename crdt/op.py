@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, Literal, NewType, get_args
 
 from crdt.canonical import (
@@ -24,7 +26,7 @@ from crdt.canonical import (
     MAX_SAFE_INT,
     b64decode,
     b64encode,
-    canonical_json,
+    canonical_json_trusted,
     strict_loads,
 )
 from crdt.errors import DecodeError
@@ -64,14 +66,16 @@ _ID_RE = re.compile(r"[A-Za-z0-9._:@=+/-]{1,128}")
 AttrValue = str | int | bool | list[str]
 OrderKey = tuple[int, int, str, str]
 """(HLC l, HLC c, origin node, op id): the total order of a conversation's ops."""
-EMPTY_ATTRS: Final[Mapping[str, AttrValue]] = {}
+EMPTY_ATTRS: Final[Mapping[str, AttrValue]] = MappingProxyType({})  # shared, read-only
 
 
 def check_id(value: object, what: str) -> str:
     """Ids are short printable ASCII (letters, digits and ._:@=+/-)."""
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise DecodeError(f"{what} must be 1-{MAX_ID_LEN} chars of [A-Za-z0-9._:@=+/-]")
-    return value
+    # One shared copy per distinct id: 100k decoded ops of one conversation would otherwise
+    # hold 100k copies of its id, author and origin strings.
+    return sys.intern(value)
 
 
 @dataclass(frozen=True, slots=True, order=False)
@@ -96,11 +100,13 @@ class Dot:
         return cls(NodeId(check_id(value[0], "dot origin")), value[1])
 
 
-def check_attrs(attrs: object) -> dict[str, AttrValue]:
+def check_attrs(attrs: object) -> Mapping[str, AttrValue]:
     """Validate op attrs and return a private copy (so a caller's later edits cannot change an
     op's id); raises only DecodeError."""
     if not isinstance(attrs, Mapping) or len(attrs) > MAX_ATTRS:
         raise DecodeError(f"attrs must be an object of at most {MAX_ATTRS} entries")
+    if not attrs:
+        return EMPTY_ATTRS
     copy: dict[str, AttrValue] = {}
     for key, value in attrs.items():
         if not isinstance(key, str) or not 0 < len(key) <= 64:
@@ -167,7 +173,7 @@ class Content:
 
     def signing_bytes(self) -> bytes:
         """The bytes the device signs: canonical JSON of the content object."""
-        return canonical_json(self.to_json())
+        return canonical_json_trusted(self.to_json())
 
     @classmethod
     def from_json(cls, value: object) -> Content:
@@ -253,7 +259,7 @@ class Op:
         """The bytes the origin node signs: header plus the device signature."""
         header = self.header_json()
         header["dsig"] = b64encode(self.dsig)
-        return canonical_json(header)
+        return canonical_json_trusted(header)
 
     def to_json(self) -> dict[str, Any]:
         wire = self.header_json()
@@ -262,7 +268,7 @@ class Op:
         return wire
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.to_json())
+        return canonical_json_trusted(self.to_json())
 
     @classmethod
     def from_json(cls, value: object) -> Op:
@@ -286,4 +292,4 @@ class Op:
 
 def compute_op_id(content: Content, hlc: Timestamp, dot: Dot) -> OpId:
     header = {"content": content.to_json(), "hlc": hlc.to_json(), "dot": dot.to_json()}
-    return OpId(b64encode(hashlib.sha256(canonical_json(header)).digest()))
+    return OpId(b64encode(hashlib.sha256(canonical_json_trusted(header)).digest()))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from crdt.canonical import b64encode, canonical_json
@@ -27,6 +28,7 @@ from crdt.hlc import Timestamp
 from crdt.op import ROLES, AttrValue, Dot, Op, OpId, OrderKey, UserId
 
 ConvType = Literal["direct", "group"]
+_NO_REACTIONS: Mapping[str, Mapping[OpId, UserId]] = MappingProxyType({})
 RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 MAX_REACTION_KEY = 64
 
@@ -40,14 +42,22 @@ class MessageState:
     attrs: Mapping[str, AttrValue]
     edited_by: OpId | None = None
     deleted_by: OpId | None = None
-    # reaction key -> {react op id: user}
-    reactions: dict[str, dict[OpId, UserId]] = field(default_factory=dict)
+    # reaction key -> {react op id: user}; None until the first reaction (most messages never
+    # get one, and an empty dict per message costs ~64 bytes: docs/benchmarks.md)
+    _reactions: dict[str, dict[OpId, UserId]] | None = None
+
+    @property
+    def reactions(self) -> Mapping[str, Mapping[OpId, UserId]]:
+        """reaction key -> {react op id: user} (read-only)."""
+        return self._reactions if self._reactions is not None else _NO_REACTIONS
 
     @property
     def deleted(self) -> bool:
         return self.deleted_by is not None
 
     def reaction_summary(self) -> dict[str, list[str]]:
+        if not self._reactions:
+            return {}
         summary: dict[str, list[str]] = {}
         for key, adds in sorted(self.reactions.items()):
             users: list[str] = sorted(set(adds.values()))
@@ -55,20 +65,32 @@ class MessageState:
                 summary[key] = users
         return summary
 
+    def snapshot(self) -> MessageRow:
+        """An immutable copy of what is visible now; JSON is built only when asked for."""
+        return (self.op, self.body, self.edited_by, self.deleted_by, self.reaction_summary())
+
     def to_json(self) -> dict[str, Any]:
-        op = self.op
-        return {
-            "op_id": op.op_id,
-            "author": op.author,
-            "device": op.content.device,
-            "hlc": op.hlc.to_json(),
-            "dot": op.dot.to_json(),
-            "body": b64encode(self.body),
-            "attrs": dict(self.attrs),
-            "edited_by": self.edited_by,
-            "deleted_by": self.deleted_by,
-            "reactions": self.reaction_summary(),
-        }
+        return row_json(self.snapshot())
+
+
+# (op, current body, winning edit, deleting op, reactions): cheap to copy, see ConversationView.
+MessageRow = tuple[Op, bytes, "OpId | None", "OpId | None", dict[str, list[str]]]
+
+
+def row_json(row: MessageRow) -> dict[str, Any]:
+    op, body, edited_by, deleted_by, reactions = row
+    return {
+        "op_id": op.op_id,
+        "author": op.author,
+        "device": op.content.device,
+        "hlc": op.hlc.to_json(),
+        "dot": op.dot.to_json(),
+        "body": b64encode(body),
+        "attrs": dict(op.content.attrs),
+        "edited_by": edited_by,
+        "deleted_by": deleted_by,
+        "reactions": reactions,
+    }
 
 
 class ConversationState:
@@ -202,7 +224,8 @@ class ConversationState:
             found = self._reacts.get(OpId(react_id))
             if found is None or found[0] != target.op.op_id:
                 continue
-            if target.reactions.get(found[1], {}).get(OpId(react_id)) == op.author:
+            adds = (target._reactions or {}).get(found[1], {})
+            if adds.get(OpId(react_id)) == op.author:
                 own.append(OpId(react_id))
         return own
 
@@ -269,21 +292,24 @@ class ConversationState:
             elif kind == "delete":
                 target.body = b""
                 target.deleted_by = op.op_id
-                for adds in target.reactions.values():
+                for adds in (target._reactions or {}).values():
                     for react_id in adds:
                         self._reacts.pop(react_id, None)
-                target.reactions.clear()
+                target._reactions = None
             elif kind == "react":
                 rkey = str(attrs["key"])
-                target.reactions.setdefault(rkey, {})[op.op_id] = author
+                if target._reactions is None:
+                    target._reactions = {}
+                target._reactions.setdefault(rkey, {})[op.op_id] = author
                 self._reacts[op.op_id] = (target.op.op_id, rkey)
             else:
                 for react_id in self._own_reacts(op, target):
                     rkey = self._reacts.pop(react_id)[1]
-                    adds = target.reactions[rkey]
+                    assert target._reactions is not None  # _own_reacts found it there
+                    adds = target._reactions[rkey]
                     del adds[react_id]
                     if not adds:
-                        del target.reactions[rkey]
+                        del target._reactions[rkey]
         elif kind == "settings":
             self.settings.update(attrs)
         elif kind == "member_add":
@@ -295,16 +321,32 @@ class ConversationState:
         # key_share: no effect on the view; clients read key shares from the op stream
 
 
-@dataclass(frozen=True, slots=True)
 class ConversationView:
-    """An immutable snapshot of the state, with a canonical byte encoding for comparisons."""
+    """An immutable snapshot of the state, with a canonical byte encoding for comparisons.
 
-    conv_type: ConvType | None
-    members: tuple[tuple[str, str], ...]
-    settings: tuple[tuple[str, AttrValue], ...]
-    messages: tuple[dict[str, Any], ...]
-    hidden: tuple[str, ...]
-    parked: tuple[str, ...]
+    Messages are kept as row tuples and turned into JSON only on demand: snapshotting 100k
+    messages must stay far below the fold's own cost (docs/benchmarks.md).
+    """
+
+    __slots__ = ("_messages", "_rows", "conv_type", "hidden", "members", "parked", "settings")
+
+    def __init__(
+        self,
+        *,
+        conv_type: ConvType | None,
+        members: tuple[tuple[str, str], ...],
+        settings: tuple[tuple[str, AttrValue], ...],
+        rows: tuple[MessageRow, ...],
+        hidden: tuple[str, ...],
+        parked: tuple[str, ...],
+    ) -> None:
+        self.conv_type = conv_type
+        self.members = members
+        self.settings = settings
+        self._rows = rows
+        self._messages: tuple[dict[str, Any], ...] | None = None
+        self.hidden = hidden
+        self.parked = parked
 
     @classmethod
     def of(cls, state: ConversationState, parked: set[OpId]) -> ConversationView:
@@ -312,10 +354,19 @@ class ConversationView:
             conv_type=state.conv_type,
             members=tuple(sorted(state.members.items())),
             settings=tuple(sorted(state.settings.items())),
-            messages=tuple(m.to_json() for m in state.messages.values()),
+            rows=tuple(m.snapshot() for m in state.messages.values()),
             hidden=tuple(sorted(state.hidden)),
             parked=tuple(sorted(parked)),
         )
+
+    @property
+    def messages(self) -> tuple[dict[str, Any], ...]:
+        if self._messages is None:
+            self._messages = tuple(row_json(r) for r in self._rows)
+        return self._messages
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -329,6 +380,13 @@ class ConversationView:
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConversationView):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 __all__ = ["ConversationState", "ConversationView", "Dot", "MessageState", "Timestamp"]

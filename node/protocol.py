@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -46,7 +47,7 @@ class Send:
     conv: str
     kind: str
     target: str = ""
-    attrs: dict[str, AttrValue] = field(default_factory=dict)
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
     body: bytes = b""
     dsig: bytes = b""
 
