@@ -354,7 +354,15 @@ class ConversationView:
             conv_type=state.conv_type,
             members=tuple(sorted(state.members.items())),
             settings=tuple(sorted(state.settings.items())),
-            rows=tuple(m.snapshot() for m in state.messages.values()),
+            # Inlined MessageState.snapshot(): this loop runs once per message of the view.
+            rows=tuple(
+                [
+                    (m.op, m.body, m.edited_by, m.deleted_by, m.reaction_summary())
+                    if m._reactions
+                    else (m.op, m.body, m.edited_by, m.deleted_by, {})
+                    for m in state.messages.values()
+                ]
+            ),
             hidden=tuple(sorted(state.hidden)),
             parked=tuple(sorted(parked)),
         )
