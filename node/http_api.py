@@ -37,8 +37,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ClientError as err:
         request.app["metrics"].errors.labels(err.code).inc()
         return _json({"error": {"code": err.code, "message": err.message}}, err.http_status)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (unknown path, wrong method, no WebSocket upgrade) were
+        # text/plain; clients parse one error shape.
+        code = "not_found" if exc.status == 404 else "bad_request"
+        request.app["metrics"].errors.labels(code).inc()
+        detail = " ".join((exc.text or exc.reason).split())
+        message = f"{detail} ({request.method} {request.path})"
+        response = _json({"error": {"code": code, "message": message}}, exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         request.app["metrics"].errors.labels("internal").inc()
