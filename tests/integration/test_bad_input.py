@@ -651,6 +651,11 @@ async def test_bad_http_bodies_get_documented_codes(
         ("GET", f"/v1/conversations/{conv}/messages", limit("1e3"), 400, "bad_request"),
         ("GET", "/v1/users/nobody-here/devices", me, 404, "not_found"),
     ]
+    cases += [
+        ("GET", "/v1/nope", {}, 404, "not_found"),
+        ("DELETE", sync, me, 405, "bad_request"),
+        ("GET", "/v1/ws", {}, 400, "bad_request"),  # no WebSocket upgrade
+    ]
     for method, path, kw, status, code in cases:
         got_status, body = await api.call(method, path, **kw)
         assert (got_status, body.get("error", {}).get("code")) == (status, code), (path, kw, body)
