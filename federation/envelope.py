@@ -21,8 +21,11 @@ from federation.errors import FederationError
 
 DOMAIN: Final = b"yanzi-envelope-v1\x00"
 KINDS: Final = frozenset(
-    {"ops", "ae_req", "ae_rep", "convs_req", "convs_rep", "hello", "interest", "roster", "accounts"}
-)
+    {
+        "ops", "ae_req", "ae_rep", "convs_req", "convs_rep", "hello", "interest", "roster",
+        "accounts", "acct_req", "acct_rep",
+    }
+)  # fmt: skip
 
 
 class EnvelopeError(FederationError):

@@ -103,6 +103,11 @@ class Replicator:
         self.peers: dict[str, Peer] = {}
         self.extra_hello: Callable[[], dict[str, Any]] = dict
         self.on_hello: list[Callable[[Envelope], None]] = []
+        #: Called with a roster peer's id when it (re)appears in the heartbeats.
+        self.on_peer_up: list[Callable[[str], None]] = []
+        #: Extra request kinds answered on this node's subject (e.g. account sync):
+        #: kind -> handler(envelope) -> (reply kind, reply body); may raise DecodeError.
+        self.request_handlers: dict[str, Callable[[Envelope], tuple[str, dict[str, Any]]]] = {}
         self._subs: dict[ConvId, Any] = {}
         self._outbox: dict[ConvId, list[Op]] = {}
         self._outbox_wake = asyncio.Event()
@@ -452,6 +457,8 @@ class Replicator:
                 if not isinstance(user, str):
                     raise DecodeError("convs_req needs user")
                 reply_kind, body = "convs_rep", {"convs": self.hub.conversations_of(user)}
+            elif env.kind in self.request_handlers:
+                reply_kind, body = self.request_handlers[env.kind](env)
             else:
                 return
         except (DecodeError, CrdtError) as exc:
@@ -541,6 +548,8 @@ class Replicator:
         if returning:
             log.info("peer %s (%s) is up", env.sender[:8], peer.region)
             self.trigger_ae()
+            for peer_up in self.on_peer_up:
+                peer_up(env.sender)
 
 
 def roster_members(mesh: MeshView, peers: Mapping[str, Peer]) -> list[str]:

@@ -20,6 +20,8 @@ import nats
 from nacl.signing import SigningKey
 
 from crdt import ConvId, node_id_for, strict_loads
+from federation.accounts_sync import DBS as ACCOUNTS_SYNC_DBS
+from federation.accounts_sync import AccountsSync
 from federation.config import FederationConfig
 from federation.envelope import Envelope, EnvelopeError, open_envelope, seal
 from federation.meshfiles import MeshFiles, MeshInfo
@@ -28,12 +30,13 @@ from federation.natsd import EmbeddedNats, NatsServerConfig
 from federation.replicator import Replicator
 from federation.roster import Roster, RosterError, encode_record, record_id
 from federation.subjects import Subjects
+from node.accounts import Accounts
 from node.audit import AuditLog
 from node.hub import Hub
 from node.store import Put, Store
 
 log = logging.getLogger(__name__)
-DBS = ("roster", "local_users")
+DBS = ("roster", "local_users", *ACCOUNTS_SYNC_DBS)
 ROSTER_PUSH_MIN_INTERVAL_S = 1.0
 
 
@@ -51,6 +54,7 @@ class Federation:
         region: str,
         urls: list[str],
         health: Callable[[], dict[str, Any]] = dict,
+        accounts: Accounts | None = None,
     ) -> None:
         self.config = config
         self.data_dir = Path(data_dir)
@@ -63,11 +67,13 @@ class Federation:
         self.region = region
         self.urls = urls
         self.health = health
+        self.accounts = accounts  # replicated through accounts_sync when in a mesh
         self.natsd: EmbeddedNats | None = None
         self.nc: Any = None
         self.mesh: MeshInfo | None = None
         self.roster: Roster | None = None
         self.replicator: Replicator | None = None
+        self.accounts_sync: AccountsSync | None = None
         self.local_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_roster_push = 0.0
@@ -116,6 +122,7 @@ class Federation:
         subjects = Subjects(self.mesh.mesh_id)
         await self.nc.subscribe(subjects.roster, cb=self._on_roster)
         await self.replicator.start()
+        await self._start_accounts_sync(self.replicator)
         await self._push_roster(force=True)
         log.info(
             "federation up: mesh %s, %d roster members, nats %s",
@@ -137,7 +144,23 @@ class Federation:
         await self.natsd.start()
         return self.natsd.url
 
+    async def _start_accounts_sync(self, replicator: Replicator) -> None:
+        assert self.roster is not None
+        sync = self.accounts_sync = AccountsSync(
+            store=self.store, key=self.key, mesh=self.roster, config=self.config,
+            metrics=self.metrics, audit=self.audit,
+            peers=lambda: [p.node_id for p in replicator.alive_peers()],
+        )  # fmt: skip
+        await sync.open()
+        if self.accounts is not None:
+            self.accounts.journal = sync
+        replicator.request_handlers.update(sync.request_handlers())
+        replicator.on_peer_up.append(sync.peer_up)
+        await sync.start(self.nc)
+
     async def stop(self) -> None:
+        if self.accounts_sync is not None:
+            await self.accounts_sync.stop()
         if self.replicator is not None:
             await self.replicator.stop()
         for task in list(self._tasks):
@@ -171,6 +194,8 @@ class Federation:
         log.info("reconnected to NATS; running anti-entropy")
         if self.replicator is not None:
             self.replicator.trigger_ae()
+        if self.accounts_sync is not None:
+            self.accounts_sync.trigger()
 
     # -- roster -------------------------------------------------------------------------------
 

@@ -25,6 +25,10 @@ the node calls `purge_expired` from its own periodic loop.
 
 Check-then-write sequences (register, device upsert, logout_all) are serialised per username by
 an in-process lock: one node process owns its data dir.
+
+Replication (federation/accounts_sync.py) plugs in as the optional `journal`: every commit then
+carries the journal's extra writes in the same transaction, and the journal hears whether the
+commit settled. Without a journal (a standalone node, unit tests) nothing changes.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
@@ -55,6 +59,7 @@ __all__ = [
     "Device",
     "DeviceKeys",
     "Identity",
+    "Journal",
     "LoginResult",
     "StoreLike",
 ]
@@ -94,6 +99,19 @@ class StoreLike(Protocol):
     async def commit(self, writes: list[Write]) -> None: ...
     def get(self, db: str, key: bytes) -> bytes | None: ...
     def scan(self, db: str, *, prefix: bytes = b"") -> list[tuple[bytes, bytes]]: ...
+
+
+class Journal(Protocol):
+    """Optional collaborator that journals every account write for replication.
+
+    `record` returns extra writes to commit atomically with `writes`; then exactly one of
+    `committed` (durable, or queued to the writer before a cancel) or `failed` (not written)
+    is called with that same list.
+    """
+
+    def record(self, writes: Sequence[Write]) -> list[Write]: ...
+    def committed(self, extra: Sequence[Write]) -> None: ...
+    def failed(self, extra: Sequence[Write]) -> None: ...
 
 
 def _wall_clock_ms() -> int:
@@ -286,12 +304,14 @@ class Accounts:
         pwhash_level: str = "interactive",
         clock_ms: Callable[[], int] = _wall_clock_ms,
         random_bytes: Callable[[int], bytes] = nacl.utils.random,
+        journal: Journal | None = None,
     ) -> None:
         if pwhash_level not in _PWHASH_LEVELS:
             raise ValueError(f"pwhash_level must be one of {sorted(_PWHASH_LEVELS)}")
         if token_ttl_s <= 0 or min_password_len <= 0:
             raise ValueError("token_ttl_s and min_password_len must be > 0")
         self._store = store
+        self.journal = journal
         self._ttl_ms = token_ttl_s * 1000
         self._min_password_len = min_password_len
         self._register_open = register_open
@@ -339,7 +359,7 @@ class Accounts:
             if self.user_exists(user):  # a concurrent register won the race
                 raise ClientError("username_taken", f"username {user!r} is already taken")
             record = {"user": user, "pwhash": pwhash.decode("ascii"), "created_ms": self._now()}
-            await self._store.commit([Put("users", user.encode("ascii"), canonical_json(record))])
+            await self._commit([Put("users", user.encode("ascii"), canonical_json(record))])
         log.info("registered user %s", user)
 
     def user_exists(self, user: str) -> bool:
@@ -411,7 +431,7 @@ class Accounts:
                 Put("user_tokens", _user_key(user, digest), canonical_json(index_rec)),
                 *self._take_pending_purge(),
             ]
-            await self._store.commit(writes)
+            await self._commit(writes)
         log.info("user %s logged in on device %s (token %s)", user, device, digest.hex()[:12])
         return LoginResult(b64encode(raw_token), user, device, expires_ms)
 
@@ -438,9 +458,7 @@ class Accounts:
             return
         user = json.loads(raw)["user"]
         async with self._locks.hold(user):
-            await self._store.commit(
-                [*self._token_deletes(digest, user), *self._take_pending_purge()]
-            )
+            await self._commit([*self._token_deletes(digest, user), *self._take_pending_purge()])
         log.info("user %s logged out token %s", user, digest.hex()[:12])
 
     async def logout_all(self, user: str) -> int:
@@ -456,7 +474,7 @@ class Accounts:
                 writes += self._token_deletes(digest, user)
                 live += now < json.loads(value)["expires_ms"]
             if writes:
-                await self._store.commit([*writes, *self._take_pending_purge()])
+                await self._commit([*writes, *self._take_pending_purge()])
         log.info("user %s logged out everywhere (%d tokens)", user, live)
         return live
 
@@ -470,8 +488,26 @@ class Accounts:
             if now >= rec["expires_ms"]:
                 writes += self._token_deletes(digest, rec["user"])
         if writes:
-            await self._store.commit(writes)
+            await self._commit(writes)
         return len(writes) // 2
+
+    async def _commit(self, writes: list[Write]) -> None:
+        journal = self.journal
+        if journal is None:
+            await self._store.commit(writes)
+            return
+        # No await between record() and the store's queue put inside commit(): journal seqs
+        # and versions reach LMDB in the order they were decided.
+        extra = journal.record(writes)
+        try:
+            await self._store.commit([*writes, *extra])
+        except asyncio.CancelledError:
+            journal.committed(extra)  # queued already; cancelling does not undo a commit
+            raise
+        except BaseException:
+            journal.failed(extra)
+            raise
+        journal.committed(extra)
 
     def _token_deletes(self, digest: bytes, user: str) -> list[Write]:
         return [Delete("tokens", digest), Delete("user_tokens", _user_key(user, digest))]

@@ -108,6 +108,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
             region=config.region,
             urls=[config.url],
             health=lambda: {"sessions": len(sessions), "conversations": len(hub.logs)},
+            accounts=accounts,
         )
         await federation.start()
         sessions.on_first_session.append(federation.note_local_user)

@@ -131,6 +131,10 @@ class WsEndpoint:
                 return
             if msg.type != WSMsgType.TEXT:
                 self._reply_error(session, ClientError("bad_frame", "only text frames are used"))
+                conn.errors += 1  # a bad frame like any other: binary garbage hits the limit too
+                if conn.too_many_errors():
+                    session.stop(CLOSE_TOO_MANY_ERRORS)
+                    return
                 continue
             try:
                 event = conn.receive(msg.data)
