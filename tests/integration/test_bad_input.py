@@ -544,6 +544,17 @@ async def test_too_many_errors_closes_the_session(
     assert len(errors) == MAX_ERRORS
     await assert_alive(await api.ws(a), conv)
 
+    # Binary garbage counts too.
+    ws = await api.ws(a)
+    for _ in range(MAX_ERRORS + 5):
+        try:
+            await ws.ws.send_bytes(b"\x00garbage")
+        except ConnectionError:
+            break
+    assert await ws.closed() == 4009
+    assert len([f for f in ws.backlog if f["type"] == "error"]) == MAX_ERRORS
+    await assert_alive(await api.ws(a), conv)
+
 
 async def test_websocket_protocol_violations_on_a_bare_socket(
     api: Api, pair: tuple[Login, Login, str], others: Bystanders
