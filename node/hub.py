@@ -239,10 +239,6 @@ class Hub:
             # which re-derives seqs from what LMDB holds).
             if self._next_seq.get(op.conv) == op.dot.seq + 1:
                 self._next_seq[op.conv] = op.dot.seq
-            if self._next_seq.get(op.conv) == op.dot.seq + 1:
-                # Give the seq back if nothing was stamped after it: a hole in the dots would
-                # pin every client cursor (max *contiguous* seq) below it for good.
-                self._next_seq[op.conv] = op.dot.seq
             err = ClientError("unavailable", "the node could not store the op; retry later")
             future.set_exception(err)
             future.exception()  # retrieved: waiters re-raise it
