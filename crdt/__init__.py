@@ -27,7 +27,7 @@ from crdt.op import (
     check_id,
 )
 from crdt.signing import node_id_for, sign_content, sign_envelope, verify_content, verify_envelope
-from crdt.state import ConversationState, ConversationView, MessageState
+from crdt.state import ConversationState, ConversationView, MessageState, Refusal
 from crdt.vv import VersionVector
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "OrderKey",
     "Outcome",
     "ReadMarkers",
+    "Refusal",
     "Role",
     "SignatureError",
     "Timestamp",

@@ -33,6 +33,23 @@ RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 MAX_REACTION_KEY = 64
 
 
+RefusalKind = Literal["missing", "forbidden", "invalid", "exists"]
+
+
+class Refusal(str):
+    """Why an op, placed at the end of the order, would be hidden (the text), and what kind
+    of reason it is, so an I/O shell can pick an error code without parsing prose:
+    "missing" (a target is not there), "forbidden" (the author lacks the right),
+    "invalid" (the op is malformed), "exists" (it would create what already exists)."""
+
+    kind: RefusalKind
+
+    def __new__(cls, text: str, kind: RefusalKind) -> Refusal:
+        obj = super().__new__(cls, text)
+        obj.kind = kind
+        return obj
+
+
 @dataclass(slots=True)
 class MessageState:
     """One message as currently visible. Mutable inside the fold; read-only to everyone else."""
@@ -153,7 +170,7 @@ class ConversationState:
         role = self.members.get(UserId(user))
         return RANK[role] if role is not None else 0
 
-    def refusal(self, op: Op) -> str | None:
+    def refusal(self, op: Op) -> Refusal | None:
         """Why `op`, placed at the end of the order, would be hidden; None if it would count.
 
         The node asks this before accepting an op, so clients get a clear error instead of an
@@ -164,54 +181,58 @@ class ConversationState:
         if kind == "create":
             return self._create_refusal(op)
         if self.conv_type is None:
-            return "the conversation does not exist yet"
+            return Refusal("the conversation does not exist yet", "missing")
         if author not in self.members:
-            return "the author is not a member"
+            return Refusal("the author is not a member", "forbidden")
         if kind in ("message", "key_share"):
             return None
         if kind in ("edit", "delete", "react", "unreact"):
             target = self.messages.get(OpId(op.target))
             if target is None:
-                return "the target is not a visible message"
+                return Refusal("the target is not a visible message", "missing")
             if target.deleted:
-                return "the target message is deleted"
+                return Refusal("the target message is deleted", "missing")
             if kind == "edit" and target.op.author != author:
-                return "only the author may edit a message"
+                return Refusal("only the author may edit a message", "forbidden")
             if (
                 kind == "delete"
                 and target.op.author != author
                 and self._rank(author) < RANK["admin"]
             ):
-                return "only the author or an admin may delete a message"
+                return Refusal("only the author or an admin may delete a message", "forbidden")
             if kind == "react":
                 rkey = attrs.get("key")
                 if not isinstance(rkey, str) or not 0 < len(rkey) <= MAX_REACTION_KEY:
-                    return f"a reaction needs attrs.key of 1-{MAX_REACTION_KEY} chars"
-            if kind == "unreact" and not self._own_reacts(op, target):
-                return "attrs.removes names none of the author's reactions on the target"
+                    return Refusal(
+                        f"a reaction needs attrs.key of 1-{MAX_REACTION_KEY} chars", "invalid"
+                    )
+            if kind == "unreact" and not self.own_reacts(op, target):
+                return Refusal(
+                    "attrs.removes names none of the author's reactions on the target", "invalid"
+                )
             return None
         if kind == "settings":
             if self.conv_type == "group" and self._rank(author) < RANK["admin"]:
-                return "only admins and owners change group settings"
+                return Refusal("only admins and owners change group settings", "forbidden")
             return None
         return self._membership_refusal(op)
 
-    def _create_refusal(self, op: Op) -> str | None:
+    def _create_refusal(self, op: Op) -> Refusal | None:
         if self.conv_type is not None:
-            return "the conversation already exists"
+            return Refusal("the conversation already exists", "exists")
         attrs = op.content.attrs
         others = attrs.get("members", [])
         if not isinstance(others, list):
-            return "attrs.members must be a list of user ids"
+            return Refusal("attrs.members must be a list of user ids", "invalid")
         if attrs.get("type") == "direct":
             if len(others) != 1 or others[0] == op.author:
-                return "a direct conversation names exactly one other member"
+                return Refusal("a direct conversation names exactly one other member", "invalid")
             return None
         if attrs.get("type") == "group":
             return None
-        return 'attrs.type must be "direct" or "group"'
+        return Refusal('attrs.type must be "direct" or "group"', "invalid")
 
-    def _own_reacts(self, op: Op, target: MessageState) -> list[OpId]:
+    def own_reacts(self, op: Op, target: MessageState) -> list[OpId]:
         removes = op.content.attrs.get("removes")
         if not isinstance(removes, list):
             return []
@@ -229,40 +250,45 @@ class ConversationState:
                 own.append(OpId(react_id))
         return own
 
-    def _membership_refusal(self, op: Op) -> str | None:
+    def _membership_refusal(self, op: Op) -> Refusal | None:
         if self.conv_type != "group":
-            return "membership of a direct conversation cannot change"
+            return Refusal("membership of a direct conversation cannot change", "forbidden")
         author, target = op.author, UserId(op.target)
         author_rank, target_rank = self._rank(author), self._rank(target)
         role = op.content.attrs.get("role", "member")
         if op.kind == "member_add":
             if target_rank:
-                return "the user is already a member"
+                return Refusal("the user is already a member", "exists")
             if not isinstance(role, str) or role not in RANK:
-                return "attrs.role must be owner, admin or member"
+                return Refusal("attrs.role must be owner, admin or member", "invalid")
             if author_rank < RANK["admin"] or RANK[role] > author_rank:
-                return "only admins add members, and nobody grants a role above their own"
+                return Refusal(
+                    "only admins add members, and nobody grants a role above their own", "forbidden"
+                )
             return None
         if op.kind == "member_remove":
             if not target_rank:
-                return "the user is not a member"
+                return Refusal("the user is not a member", "missing")
             if target != author and not (
                 author_rank >= RANK["admin"] and author_rank > target_rank
             ):
-                return "you may remove yourself, or members of lower rank if you are an admin"
+                return Refusal(
+                    "you may remove yourself, or members of lower rank if you are an admin",
+                    "forbidden",
+                )
             return None
         if op.kind == "member_role":
             if not target_rank or target == author:
-                return "the target must be another member"
+                return Refusal("the target must be another member", "invalid")
             # A role change names its role: no default here (`_mutate` reads attrs["role"], and
             # a missing key raised KeyError mid-fold on every replica).
             new_role = op.content.attrs.get("role")
             if not isinstance(new_role, str) or new_role not in RANK:
-                return "attrs.role must be owner, admin or member"
+                return Refusal("attrs.role must be owner, admin or member", "invalid")
             if author_rank < RANK["owner"]:
-                return "only owners change roles"
+                return Refusal("only owners change roles", "forbidden")
             return None
-        return f"unknown op kind {op.kind!r}"
+        return Refusal(f"unknown op kind {op.kind!r}", "invalid")
 
     def _mutate(self, op: Op) -> None:
         """Apply an op that `refusal` accepted."""
@@ -303,9 +329,9 @@ class ConversationState:
                 target._reactions.setdefault(rkey, {})[op.op_id] = author
                 self._reacts[op.op_id] = (target.op.op_id, rkey)
             else:
-                for react_id in self._own_reacts(op, target):
+                for react_id in self.own_reacts(op, target):
                     rkey = self._reacts.pop(react_id)[1]
-                    assert target._reactions is not None  # _own_reacts found it there
+                    assert target._reactions is not None  # own_reacts found it there
                     adds = target._reactions[rkey]
                     del adds[react_id]
                     if not adds:
