@@ -1,6 +1,6 @@
 """The node benchmark: a real `yanzi up` subprocess under WebSocket load vs issue #3's targets.
 
-Run from the repository root (about 3 minutes on 2 cores; everything on 127.0.0.1; it stops
+Run from the repository root (about 2½ minutes on 2 cores; everything on 127.0.0.1; it stops
 by itself):
 
     python -m bench.node_bench                          # every scenario, default sizes
