@@ -28,6 +28,8 @@ class FederationConfig:
     request_timeout_s: float = 5.0
     hello_interval_s: float = 2.0
     peer_timeout_s: float = 10.0  # a peer silent this long is considered down
+    discovery: bool = True  # advertise _yanzi._tcp.local. (finds peers; never grants trust)
+    discovery_interfaces: str = "127.0.0.1"  # comma list of IPv4 addresses, or "all"
 
     def __post_init__(self) -> None:
         for name in (
@@ -44,6 +46,12 @@ class FederationConfig:
         for name in ("nats_port", "leafnode_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise FederationConfigError(f"federation.{name} must be 0-65535")
+        from federation.discovery import DiscoveryError, parse_interfaces  # pulls in zeroconf
+
+        try:
+            parse_interfaces(self.discovery_interfaces)
+        except DiscoveryError as exc:
+            raise FederationConfigError(f"federation.discovery_interfaces: {exc}") from None
 
     def replace(self, **changes: object) -> FederationConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

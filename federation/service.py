@@ -23,6 +23,7 @@ from crdt import ConvId, node_id_for, strict_loads
 from federation.accounts_sync import DBS as ACCOUNTS_SYNC_DBS
 from federation.accounts_sync import AccountsSync
 from federation.config import FederationConfig
+from federation.discovery import Advert, Advertiser, DiscoveryError, parse_interfaces, url_port
 from federation.envelope import Envelope, EnvelopeError, open_envelope, seal
 from federation.meshfiles import MeshFiles, MeshInfo
 from federation.metrics import FederationMetrics
@@ -73,6 +74,7 @@ class Federation:
         self.mesh: MeshInfo | None = None
         self.roster: Roster | None = None
         self.replicator: Replicator | None = None
+        self.advertiser: Advertiser | None = None  # zeroconf, while config.discovery
         self.accounts_sync: AccountsSync | None = None
         self.local_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -99,6 +101,8 @@ class Federation:
             reconnected_cb=self._on_reconnected,
         )
         self.metrics.nats_connected.set(1)
+        if self.config.discovery:
+            self._spawn(self._advertise())
         if self.mesh is None:
             log.info("no mesh configured: running standalone (nats at %s)", url)
             return
@@ -166,6 +170,8 @@ class Federation:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.advertiser is not None:
+            await self.advertiser.stop()  # goodbyes, so LAN browsers drop us now
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5)
@@ -179,6 +185,60 @@ class Federation:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- zeroconf ------------------------------------------------------------------------------
+
+    async def _advertise(self) -> None:
+        """Keep this node advertised on the LAN while it runs (DESIGN 9: it only helps others
+        find us). The HTTP port is known only once the listener is up, after start() (port 0),
+        and the URLs may change, so look again with backoff up to hello_interval_s. A failure
+        turns advertising off with a warning; the node carries on."""
+        delay = 0.05
+        try:
+            while True:
+                await self._advertise_once()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.hello_interval_s)
+        except DiscoveryError as exc:
+            log.warning("not advertising on the LAN (zeroconf): %s", exc)
+        except Exception:
+            log.exception("zeroconf advertising failed; not advertising on the LAN")
+        if self.advertiser is not None:
+            await self.advertiser.stop()
+            self.advertiser = None
+
+    async def _advertise_once(self) -> None:
+        url = self.urls[0] if self.urls else ""
+        port = url_port(url)
+        if port is None:
+            return  # the HTTP listener is not up yet
+        advert = Advert(
+            node=self.node_id,
+            region=self.region,
+            http=url,
+            mesh=self.mesh.mesh_id if self.mesh is not None else "",
+            nats=self._leaf_url(),
+        )
+        if self.advertiser is None:
+            interfaces = self.config.discovery_interfaces
+            self.advertiser = Advertiser(advert, port=port, interfaces=interfaces)
+            await self.advertiser.start()
+        else:
+            await self.advertiser.update(advert, port)
+
+    def _leaf_url(self) -> str:
+        """Where a joining node's nats-server can connect as a leaf (what an invite's `nats`
+        holds), if this node's embedded server accepts leaf nodes."""
+        if self.natsd is None or not self.config.leafnode_port:
+            return ""
+        host = self.config.nats_host
+        if host in ("", "0.0.0.0", "::"):  # listening everywhere: name an advertised address
+            interfaces = parse_interfaces(self.config.discovery_interfaces)
+            if interfaces == "all":
+                return ""
+            host = interfaces[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"nats://{host}:{self.config.leafnode_port}"
 
     # -- NATS connection events ---------------------------------------------------------------
 

@@ -4,14 +4,19 @@ status/revocation against a running node's HTTP API."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from federation.config import load_federation_config
+from federation.discovery import DiscoveryError, Found, discover
 from federation.errors import FederationError
 from federation.meshfiles import MeshFiles
 from node.identity import load_or_create_key, node_id
@@ -56,8 +61,14 @@ def add_commands(sub: Any) -> None:
     revoke.add_argument("--data-dir", type=Path, default=Path("./yanzi-data"))
     revoke.add_argument("--url", default="", help="also hand the revocation to this node now")
 
+    discover = msub.add_parser("discover", help="list Yanzi nodes on the LAN (zeroconf)")
+    _discovery_args(discover)
+    discover.add_argument("--json", action="store_true")
+
     join = sub.add_parser("join", help="join a mesh with an invite")
-    join.add_argument("invite")
+    join.add_argument("invite", nargs="?", help="the token from `yanzi mesh invite`")
+    join.add_argument("--discover", action="store_true", help="look for the mesh on the LAN")
+    _discovery_args(join)
     join.add_argument("--data-dir", type=Path, default=Path("./yanzi-data"))
     join.add_argument("--region", default=None, help="must match the invite's region")
     join.add_argument("--url", action="append", default=[], help="public URL of this node")
@@ -66,6 +77,8 @@ def add_commands(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     now_ms = time.time_ns() // 1_000_000
     try:
+        if args.command == "join" and (args.discover or args.invite is None):
+            return _join_discovered(args, now_ms)
         if args.command == "join":
             record = MeshFiles(args.data_dir).join(args.invite, args.region, args.url, now_ms)
             mesh = MeshFiles(args.data_dir).load()
@@ -94,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if command == "status":
             return _status(args.url, as_json=args.json)
+        if command == "discover":
+            return _discover(args)
     except FederationError as exc:
         print(f"yanzi: {exc}", file=sys.stderr)
         return 1
@@ -137,3 +152,134 @@ def _status(url: str, *, as_json: bool) -> int:
 
 def show_identity(data_dir: Path) -> str:
     return node_id(load_or_create_key(data_dir))
+
+
+# -- zeroconf: `yanzi mesh discover`, `yanzi join --discover` --------------------------------------
+# Discovery only finds nodes (DESIGN 9): what it prints is a hint, and joining still takes an
+# operator-signed invite.
+
+
+def _discovery_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (3)")
+    parser.add_argument(
+        "--interfaces", default=None,
+        help="IPv4 addresses to query on, comma separated, or 'all' "
+        "(default: federation.discovery_interfaces, i.e. $YANZI_FED_DISCOVERY_INTERFACES or "
+        "127.0.0.1)",
+    )  # fmt: skip
+
+
+def _find(args: argparse.Namespace) -> tuple[str, list[Found]]:
+    interfaces = args.interfaces or load_federation_config().discovery_interfaces
+    return interfaces, asyncio.run(discover(args.timeout, interfaces))
+
+
+def _discover(args: argparse.Namespace) -> int:
+    interfaces, found = _find(args)
+    if args.json:
+        print(json.dumps([_found_json(f) for f in found], indent=2))
+        return 0
+    if not found:
+        print(f"no Yanzi nodes answered on {interfaces} within {args.timeout:g} s "
+              "(--interfaces takes this host's LAN address, or 'all')")  # fmt: skip
+        return 0
+    print(f"{'node':14} {'region':12} {'mesh':18} {'http':32} nats")
+    for f in found:
+        a = f.advert
+        print(f"{a.node[:12]:14} {a.region:12} {a.mesh or '-':18} {a.http:32} {a.nats or '-'}")
+    print("(found on the LAN, not verified: trust comes from invites and the mesh roster)")
+    return 0
+
+
+def _found_json(found: Found) -> dict[str, Any]:
+    a = found.advert
+    return {
+        "node": a.node,
+        "region": a.region,
+        "mesh": a.mesh or None,
+        "http": a.http,
+        "nats": a.nats or None,
+        "port": found.port,
+        "addresses": list(found.addresses),
+    }
+
+
+def _join_discovered(args: argparse.Namespace, now_ms: int) -> int:
+    if not args.discover:
+        print("yanzi: join needs an INVITE (or --discover to look for a mesh on the LAN)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.invite is None:
+        return _show_meshes(*_find(args), timeout=args.timeout)
+    files = MeshFiles(args.data_dir)
+    record = files.join(args.invite, args.region, args.url, now_ms)  # the invite is the trust
+    mesh = files.load()
+    assert mesh is not None
+    print(f"joined mesh {mesh.mesh_id} as {record['node']} in region {record['region']}")
+    try:
+        _, found = _find(args)
+    except DiscoveryError as exc:
+        print(f"note: could not look on the LAN ({exc}); keeping the invite's NATS URLs")
+        found = []
+    seen = [f for f in found if f.advert.mesh == mesh.mesh_id]
+    if not seen:
+        print(f"note: no node of mesh {mesh.mesh_id} answered on the LAN; "
+              "keeping the invite's NATS URLs")  # fmt: skip
+    else:
+        nodes = ", ".join(f"{f.advert.node[:12]} ({f.advert.region}) {f.advert.http}" for f in seen)
+        print(f"mesh {mesh.mesh_id} on the LAN: {nodes}")
+        if not any(_reachable(url) for url in mesh.nats):
+            leaves = sorted(
+                {f.advert.nats for f in seen if f.advert.nats and _reachable(f.advert.nats)}
+            )
+            if leaves:
+                # Only where to connect, not whom to trust: envelopes are still verified
+                # against the roster, which the invite's operator key anchors.
+                files._write_mesh(mesh.mesh_id, mesh.operator, leaves, mesh.region)
+                print(f"the invite's NATS URLs ({', '.join(mesh.nats) or 'none'}) are unreachable; "
+                      f"using {', '.join(leaves)}, advertised on the LAN (not signed)")  # fmt: skip
+            else:
+                print("warning: the invite's NATS URLs are unreachable and no node of the mesh "
+                      "on the LAN advertises a reachable one")  # fmt: skip
+    print("start the node (yanzi up) to enrol with the mesh")
+    return 0
+
+
+def _show_meshes(interfaces: str, found: list[Found], *, timeout: float) -> int:
+    meshes: dict[str, list[Found]] = {}
+    for f in found:
+        if f.advert.mesh:
+            meshes.setdefault(f.advert.mesh, []).append(f)
+    if not meshes:
+        print(f"no mesh answered on {interfaces} within {timeout:g} s "
+              f"({len(found)} standalone node(s) seen)")  # fmt: skip
+        return 1
+    for mesh_id, nodes in sorted(meshes.items()):
+        print(f"mesh {mesh_id}:")
+        for f in nodes:
+            extra = f"  leaf {f.advert.nats}" if f.advert.nats else ""
+            print(f"  node {f.advert.node[:12]}  region {f.advert.region}  {f.advert.http}{extra}")
+    print(
+        "not joined: joining takes an invite from the mesh's operator (whoever ran "
+        "`yanzi mesh init` and holds operator.key; discovery cannot tell which node that is)."
+    )
+    leaf = next((f.advert.nats for f in found if f.advert.nats), "LEAF_URL")
+    print(f"ask them for one: yanzi mesh invite --region YOUR_REGION --nats {leaf}")
+    print("then: yanzi join INVITE --discover")
+    return 1
+
+
+def _reachable(url: str, timeout_s: float = 1.0) -> bool:
+    """Can we open a TCP connection to a NATS URL (leaf port 7422 when it names none)?"""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"ws": 80, "wss": 443}.get(parts.scheme, 7422)
+    except ValueError:
+        return False
+    if not parts.hostname:
+        return False
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True

@@ -22,6 +22,7 @@ from nacl.signing import SigningKey, VerifyKey
 from crdt import (
     ClockDriftError,
     Content,
+    ConversationState,
     ConvId,
     CrdtError,
     Cursor,
@@ -34,6 +35,7 @@ from crdt import (
     ReadMarkers,
     SignatureError,
     UserId,
+    VersionVector,
     advance,
     b64encode,
     cursor_vv,
@@ -48,6 +50,13 @@ from node.store import Put, Store
 
 log = logging.getLogger(__name__)
 DBS = ("ops", "cmids", "markers")
+DIRECT_PREFIX = "d_"
+REFUSAL_CODES = {
+    "missing": "not_found",
+    "forbidden": "forbidden",
+    "invalid": "bad_frame",
+    "exists": "conflict",
+}
 # Only these kinds change who is in a conversation (an op applied at the end of the order).
 MEMBERSHIP_KINDS = frozenset({"create", "member_add", "member_remove", "member_role"})
 
@@ -94,7 +103,7 @@ class Identity:
 def direct_conv_id(a: str, b: str) -> ConvId:
     """The one id two users' direct conversation has on every node: derived from the pair."""
     pair = "\x00".join(sorted((a, b))).encode()
-    return ConvId("d_" + b64encode(hashlib.sha256(pair).digest()[:18]))
+    return ConvId(DIRECT_PREFIX + b64encode(hashlib.sha256(pair).digest()[:18]))
 
 
 def _op_key(op: Op) -> bytes:
@@ -103,6 +112,22 @@ def _op_key(op: Op) -> bytes:
         op.dot.origin.encode(),
         struct.pack(">Q", op.dot.seq),
     )
+
+
+def _continuing(ops: list[Op], vv: VersionVector) -> list[Op]:
+    """The ops (in the given total order) that continue `vv`'s contiguous prefix per origin.
+
+    A client cursor holds only max *contiguous* seqs, so it cannot move past an op that sits
+    beyond a gap (its predecessor still on its way, e.g. being repaired by anti-entropy):
+    serving it would return the same page with more=true forever. It waits for the gap.
+    """
+    tops = vv.contiguous()
+    out: list[Op] = []
+    for op in ops:
+        if op.dot.seq == tops.get(op.dot.origin, 0) + 1:
+            tops[op.dot.origin] = op.dot.seq
+            out.append(op)
+    return out
 
 
 def _cmid_key(user: str, device: str, cmid: str) -> bytes:
@@ -281,8 +306,9 @@ class Hub:
         probe = Op(content=content, hlc=self.clock.last, dot=Dot(self.node_id, 1))
         reason = state.refusal(probe)
         if reason is not None:
-            code = "not_found" if "target" in reason else "forbidden"
-            raise ClientError(code, reason)
+            raise ClientError(REFUSAL_CODES[reason.kind], reason)
+        if send.kind == "unreact":
+            self._check_unreact(state, probe)
         if send.kind == "delete":
             self._check_recall(who, state.message(send.target), state.role(who.user))
         if send.kind == "member_add" and len(state.members) >= self.max_group_members:
@@ -292,6 +318,18 @@ class Hub:
         if send.kind == "member_add" and not self.devices.user_exists(send.target):
             raise ClientError("not_found", f"no user {send.target}")
         return content
+
+    @staticmethod
+    def _check_unreact(state: ConversationState, probe: Op) -> None:
+        """Every id in attrs.removes must be one of the author's reactions on the target: an
+        unknown id would park the op forever (it waits for its targets) and remove nothing."""
+        removes = probe.content.attrs.get("removes")
+        target = state.message(probe.target)
+        assert isinstance(removes, list) and target is not None  # refusal() checked both
+        if len(state.own_reacts(probe, target)) != len(set(removes)):
+            raise ClientError(
+                "bad_frame", "attrs.removes must name only your own reactions on the target"
+            )
 
     def _check_signature(self, content: Content, dsig: bytes) -> None:
         if not dsig:
@@ -312,6 +350,9 @@ class Hub:
         conv = content.conv
         if conv in self.logs:
             raise ClientError("conflict", f"conversation {conv} already exists")
+        if conv.startswith(DIRECT_PREFIX) and content.attrs.get("type") != "direct":
+            # Reserved: a group squatting a pair's direct id would lock the pair out of it.
+            raise ClientError("bad_frame", f"ids starting {DIRECT_PREFIX!r} are for direct chats")
         members = content.attrs.get("members", [])
         if not isinstance(members, list):
             raise ClientError("bad_frame", "attrs.members must be a list of user ids")
@@ -420,7 +461,7 @@ class Hub:
                 more = True
                 break
             vv = cursor_vv(cursor, conv)
-            page = self.logs[conv].missing_for(vv, limit=remaining + 1)
+            page = _continuing(self.logs[conv].missing_for(vv), vv)
             if len(page) > remaining:
                 page, more = page[:remaining], True
             for op in page:
