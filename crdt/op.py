@@ -221,6 +221,16 @@ class Op:
                 raise DecodeError("signatures must be empty or 64 bytes")
         object.__setattr__(self, "op_id", compute_op_id(self.content, self.hlc, self.dot))
 
+    def with_node_signature(self, nsig: bytes) -> Op:
+        """A copy carrying `nsig`; the op id does not cover signatures, so it is reused."""
+        if not isinstance(nsig, bytes) or len(nsig) not in (0, 64):
+            raise DecodeError("signatures must be empty or 64 bytes")
+        copy = object.__new__(Op)
+        for name in ("content", "hlc", "dot", "dsig", "op_id"):
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "nsig", nsig)
+        return copy
+
     def __hash__(self) -> int:
         # The generated hash would hash `attrs` (a dict); the op id already names the header.
         return hash((self.op_id, self.dsig, self.nsig))

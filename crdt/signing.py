@@ -5,8 +5,6 @@ PyNaCl is pure computation here (no I/O), which is why `crdt` may use it.
 
 from __future__ import annotations
 
-import dataclasses
-
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -28,7 +26,7 @@ def verify_content(content: Content, dsig: bytes, key: VerifyKey) -> None:
 def sign_envelope(op: Op, key: SigningKey) -> Op:
     """Return `op` with the origin node's signature over header + device signature."""
     nsig = bytes(key.sign(op.envelope_signing_bytes()).signature)
-    return dataclasses.replace(op, nsig=nsig)
+    return op.with_node_signature(nsig)
 
 
 def verify_envelope(op: Op, key: VerifyKey) -> None:

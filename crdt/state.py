@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from crdt.canonical import b64encode, canonical_json
 from crdt.hlc import Timestamp
-from crdt.op import ROLES, AttrValue, Dot, Op, OpId, OrderKey, UserId
+from crdt.op import ROLES, AttrValue, Content, Dot, Op, OpId, OrderKey, UserId
 
 ConvType = Literal["direct", "group"]
 _NO_REACTIONS: Mapping[str, Mapping[OpId, UserId]] = MappingProxyType({})
@@ -160,7 +160,7 @@ class ConversationState:
     def fold(self, op: Op) -> bool:
         """Apply one ready op at the end of the order; returns whether it was visible."""
         self.last_key = op.order_key
-        if self.refusal(op) is not None:
+        if self.refusal(op.content) is not None:
             self.hidden.add(op.op_id)
             return False
         self._mutate(op)
@@ -170,14 +170,14 @@ class ConversationState:
         role = self.members.get(UserId(user))
         return RANK[role] if role is not None else 0
 
-    def refusal(self, op: Op) -> Refusal | None:
+    def refusal(self, op: Content) -> Refusal | None:
         """Why `op`, placed at the end of the order, would be hidden; None if it would count.
 
         The node asks this before accepting an op, so clients get a clear error instead of an
         op that every replica would hide.
         """
         kind, author = op.kind, op.author
-        attrs = op.content.attrs
+        attrs = op.attrs
         if kind == "create":
             return self._create_refusal(op)
         if self.conv_type is None:
@@ -217,10 +217,10 @@ class ConversationState:
             return None
         return self._membership_refusal(op)
 
-    def _create_refusal(self, op: Op) -> Refusal | None:
+    def _create_refusal(self, op: Content) -> Refusal | None:
         if self.conv_type is not None:
             return Refusal("the conversation already exists", "exists")
-        attrs = op.content.attrs
+        attrs = op.attrs
         others = attrs.get("members", [])
         if not isinstance(others, list):
             return Refusal("attrs.members must be a list of user ids", "invalid")
@@ -232,8 +232,8 @@ class ConversationState:
             return None
         return Refusal('attrs.type must be "direct" or "group"', "invalid")
 
-    def own_reacts(self, op: Op, target: MessageState) -> list[OpId]:
-        removes = op.content.attrs.get("removes")
+    def own_reacts(self, op: Content, target: MessageState) -> list[OpId]:
+        removes = op.attrs.get("removes")
         if not isinstance(removes, list):
             return []
         own: list[OpId] = []
@@ -250,12 +250,12 @@ class ConversationState:
                 own.append(OpId(react_id))
         return own
 
-    def _membership_refusal(self, op: Op) -> Refusal | None:
+    def _membership_refusal(self, op: Content) -> Refusal | None:
         if self.conv_type != "group":
             return Refusal("membership of a direct conversation cannot change", "forbidden")
         author, target = op.author, UserId(op.target)
         author_rank, target_rank = self._rank(author), self._rank(target)
-        role = op.content.attrs.get("role", "member")
+        role = op.attrs.get("role", "member")
         if op.kind == "member_add":
             if target_rank:
                 return Refusal("the user is already a member", "exists")
@@ -282,7 +282,7 @@ class ConversationState:
                 return Refusal("the target must be another member", "invalid")
             # A role change names its role: no default here (`_mutate` reads attrs["role"], and
             # a missing key raised KeyError mid-fold on every replica).
-            new_role = op.content.attrs.get("role")
+            new_role = op.attrs.get("role")
             if not isinstance(new_role, str) or new_role not in RANK:
                 return Refusal("attrs.role must be owner, admin or member", "invalid")
             if author_rank < RANK["owner"]:
@@ -329,7 +329,7 @@ class ConversationState:
                 target._reactions.setdefault(rkey, {})[op.op_id] = author
                 self._reacts[op.op_id] = (target.op.op_id, rkey)
             else:
-                for react_id in self.own_reacts(op, target):
+                for react_id in self.own_reacts(op.content, target):
                     rkey = self._reacts.pop(react_id)[1]
                     assert target._reactions is not None  # own_reacts found it there
                     adds = target._reactions[rkey]

@@ -303,12 +303,11 @@ class Hub:
             state = MessageLog(conv).state
         else:
             state = self.member_log(who.user, conv).state
-        probe = Op(content=content, hlc=self.clock.last, dot=Dot(self.node_id, 1))
-        reason = state.refusal(probe)
+        reason = state.refusal(content)
         if reason is not None:
             raise ClientError(REFUSAL_CODES[reason.kind], reason)
         if send.kind == "unreact":
-            self._check_unreact(state, probe)
+            self._check_unreact(state, content)
         if send.kind == "delete":
             self._check_recall(who, state.message(send.target), state.role(who.user))
         if send.kind == "member_add" and len(state.members) >= self.max_group_members:
@@ -320,10 +319,10 @@ class Hub:
         return content
 
     @staticmethod
-    def _check_unreact(state: ConversationState, probe: Op) -> None:
+    def _check_unreact(state: ConversationState, probe: Content) -> None:
         """Every id in attrs.removes must be one of the author's reactions on the target: an
         unknown id would park the op forever (it waits for its targets) and remove nothing."""
-        removes = probe.content.attrs.get("removes")
+        removes = probe.attrs.get("removes")
         target = state.message(probe.target)
         assert isinstance(removes, list) and target is not None  # refusal() checked both
         if len(state.own_reacts(probe, target)) != len(set(removes)):
