@@ -66,11 +66,15 @@ class NatsServerConfig:
                 "  routes: [" + ", ".join(f'"{r}"' for r in self.routes) + "]",
                 "}",
             ]
-        if self.leafnode_port:
-            lines += ["leafnodes {", f"  listen: {self.host}:{self.leafnode_port}", "}"]
-        if self.leafnode_remotes:
-            remotes = ", ".join(f'{{url: "{r}"}}' for r in self.leafnode_remotes)
-            lines += ["leafnodes {", f"  remotes: [{remotes}]", "}"]
+        if self.leafnode_port or self.leafnode_remotes:
+            # One block: a second `leafnodes {}` would replace the first.
+            lines.append("leafnodes {")
+            if self.leafnode_port:
+                lines.append(f"  listen: {self.host}:{self.leafnode_port}")
+            if self.leafnode_remotes:
+                remotes = ", ".join(f'{{url: "{r}"}}' for r in self.leafnode_remotes)
+                lines.append(f"  remotes: [{remotes}]")
+            lines.append("}")
         lines += list(self.extra)
         return "\n".join(lines) + "\n"
 
