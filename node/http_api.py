@@ -301,7 +301,9 @@ class HttpApi:
         who, _ = self._who(request)
         body = await self._body(request)
         cursor = self._field(body, "cursor", required=False) or ""
-        limit = self._field(body, "limit", int, required=False) or self.config.max_sync_page
+        limit = self._field(body, "limit", int, required=False)
+        if limit is None:  # not `or`: a limit of 0 is refused, not read as "the default"
+            limit = self.config.max_sync_page
         if not 0 < limit <= self.config.max_sync_page:
             raise ClientError(
                 "bad_request", f"limit must be an integer from 1 to {self.config.max_sync_page}"
