@@ -663,6 +663,12 @@ async def test_bad_http_bodies_get_documented_codes(
         ("GET", "/v1/users/nobody-here/devices", me, 404, "not_found"),
     ]
     cases += [
+        ("POST", sync, j({"cursor": 5}, **me), 400, "bad_request"),
+        ("POST", sync, j({"cursor": "!!!"}, **me), 400, "bad_request"),
+        ("POST", sync, j({"limit": "ten"}, **me), 400, "bad_request"),
+        ("POST", sync, j({"limit": 0}, **me), 400, "bad_request"),
+        ("POST", sync, j({"limit": 10**6}, **me), 400, "bad_request"),
+        ("POST", sync, {**me, "data": "[]"}, 400, "bad_request"),
         ("GET", "/v1/nope", {}, 404, "not_found"),
         ("DELETE", sync, me, 405, "bad_request"),
         ("GET", "/v1/ws", {}, 400, "bad_request"),  # no WebSocket upgrade

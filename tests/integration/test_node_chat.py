@@ -98,6 +98,10 @@ async def test_reconnect_after_a_missed_stretch_returns_exactly_the_gap(api: Api
     assert [text_of(op) for op in gap] == [f"missed {i}" for i in range(50)]
     again = await api.sync(bob, new_cursor)
     assert again["ops"] == [] and again["more"] is False and again["cursor"] == new_cursor
+    # POST /v1/sync (cursor in the body, for cursors too long for a URL) says the same.
+    posted = await api.ok("POST", "/v1/sync", who=bob, json_body={"cursor": cursor, "limit": 50})
+    assert [op["dot"] for op in posted["ops"]] == [ack["dot"] for ack in acks]
+    assert posted["cursor"] == new_cursor and posted["more"] is False
 
     # Live again after the catch-up: the next message arrives over the socket.
     b2 = await api.ws(bob)
