@@ -258,6 +258,19 @@ async def test_membership_changes_move_fanout_and_access(world: World) -> None:
     await world.send("bob", "g1", "member_remove", target="bob")  # leaving is always allowed
     assert world.hub.members(ConvId("g1")) == {"alice"}
 
+    # Roles: only owners change them; an admin may then add members.
+    await world.send("alice", "g1", "member_add", target="dave")
+    code = await world.refused("dave", "g1", "member_add", target="bob")
+    assert code == "forbidden"
+    await world.send("alice", "g1", "member_role", target="dave", attrs={"role": "admin"})
+    assert world.hub.member_log("alice", "g1").state.role("dave") == "admin"
+    code = await world.refused(
+        "dave", "g1", "member_role", target="alice", attrs={"role": "member"}
+    )
+    assert code == "forbidden"
+    await world.send("dave", "g1", "member_add", target="bob")
+    assert world.hub.members(ConvId("g1")) == {"alice", "bob", "dave"}
+
 
 async def test_group_size_is_limited(tmp_path: Path) -> None:
     w = World(tmp_path / "lmdb", max_group_members=3)
