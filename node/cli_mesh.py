@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from federation import demo as mesh_demo
 from federation.config import load_federation_config
 from federation.discovery import DiscoveryError, Found, discover
 from federation.errors import FederationError
@@ -60,6 +61,11 @@ def add_commands(sub: Any) -> None:
     revoke.add_argument("node")
     revoke.add_argument("--data-dir", type=Path, default=Path("./yanzi-data"))
     revoke.add_argument("--url", default="", help="also hand the revocation to this node now")
+
+    demo = msub.add_parser("demo", help="N nodes and a NATS cluster on loopback (Ctrl-C stops)")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--base-port", type=int, default=0, help="0 (default): free ports")
+    demo.add_argument("--data-root", type=Path, default=None, help="default: a temporary dir")
 
     discover = msub.add_parser("discover", help="list Yanzi nodes on the LAN (zeroconf)")
     _discovery_args(discover)
@@ -109,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             return _status(args.url, as_json=args.json)
         if command == "discover":
             return _discover(args)
+        if command == "demo":
+            return mesh_demo.main(args.nodes, args.base_port, args.data_root)
     except FederationError as exc:
         print(f"yanzi: {exc}", file=sys.stderr)
         return 1
