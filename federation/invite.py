@@ -29,9 +29,10 @@ Token (what ``yanzi mesh invite`` prints and ``yanzi join`` takes)::
     b64encode(canonical_json({"invite": {...}, "seed": <b64 32-byte seed>, "sig": ...}))
 
     ``seed`` is the Ed25519 seed of ``enrol_key``. It appears only here: Yanzi never writes it
-    to a roster record, a file or a log. An enrolment is valid only with a signature by ``enrol_key``
-    over the enrolment itself (see `federation.roster`), so the token is the bearer secret and
-    the public signed invite is not: seeing an enrolment does not let anyone make another.
+    to a roster record, a file or a log. An enrolment is valid only with a signature by
+    ``enrol_key`` over the enrolment itself (see `federation.roster`), so the token is the
+    bearer secret and the public signed invite is not: seeing an enrolment does not let anyone
+    make another.
 
 ``parse_invite`` accepts only that exact form (canonical JSON inside canonical base64url), so
 one token has exactly one spelling. It checks the signature, that ``mesh`` is the id derived
