@@ -221,6 +221,8 @@ class HttpApi:
             dsig = b64decode(dsig_text, max_bytes=64)
         except DecodeError:
             raise ClientError("bad_request", "dsig must be unpadded base64url") from None
+        if dsig and len(dsig) != 64:  # malformed, not a signature that fails to verify
+            raise ClientError("bad_request", "dsig must be a 64-byte Ed25519 signature")
         conv = direct_conv_id(who.user, peer)
         if conv not in self.hub.logs:
             # The create's content is fixed by the pair, so a client can sign it (dsig) ahead.

@@ -601,7 +601,8 @@ async def test_bad_http_bodies_get_documented_codes(
     api: Api, pair: tuple[Login, Login, str], others: Bystanders
 ) -> None:
     a, _, conv = pair
-    me = {"who": a}
+    me, peer = {"who": a}, fresh("nodm")  # no direct conversation with `a` yet
+    await api.register(peer)
     pw = "x" * 10
     ops, sync = "/v1/ops", "/v1/sync"
     read = f"/v1/conversations/{conv}/read"
@@ -646,6 +647,15 @@ async def test_bad_http_bodies_get_documented_codes(
         ("POST", "/v1/direct", j({"user": a.user}, **me), 400, "bad_request"),
         ("POST", "/v1/direct", j({"user": "nobody-here"}, **me), 404, "not_found"),
         ("POST", "/v1/direct", j({"user": ["x"]}, **me), 400, "bad_request"),
+        # A dsig of the wrong length is malformed, not a signature that fails to verify.
+        ("POST", "/v1/direct", j({"user": peer, "dsig": "AAAA"}, **me), 400, "bad_request"),
+        (
+            "POST",
+            "/v1/direct",
+            j({"user": peer, "dsig": body_of("s" * 32)}, **me),
+            400,
+            "bad_request",
+        ),
         ("POST", read, j({"op_id": 3}, **me), 400, "bad_request"),
         ("POST", read, j({"op_id": "nope"}, **me), 404, "not_found"),
         ("GET", sync, cursor("!!!"), 400, "bad_request"),
