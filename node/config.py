@@ -198,7 +198,15 @@ def load_config(
 ) -> NodeConfig:
     """TOML file ([node] table, or top-level keys), then YANZI_* env, then explicit overrides."""
     raw = read_toml(path)
-    section = raw.get("node", {k: v for k, v in raw.items() if k not in OTHER_TABLES})
+    top_level = {k: v for k, v in raw.items() if k not in OTHER_TABLES and k != "node"}
+    if "node" in raw and top_level:
+        # Reading only [node] would drop these without a word (a port or data_dir the operator
+        # believes is set); refuse the mix instead.
+        raise ConfigError(
+            f"config {path} has a [node] table and top-level keys ({', '.join(sorted(top_level))}):"
+            " put every node field in [node], or none"
+        )
+    section = raw.get("node", top_level)
     return build_config(
         NodeConfig, section, env_prefix="YANZI_", environ=environ, overrides=overrides, what="node"
     )

@@ -43,6 +43,16 @@ def test_toml_file_top_level_and_node_table(tmp_path: Path) -> None:
     assert config.region == "eu-west" and config.url == "https://chat.example"
 
 
+def test_a_node_table_and_top_level_keys_together_are_refused(tmp_path: Path) -> None:
+    mixed = write(tmp_path, 'port = 9000\ndata_dir = "/srv/yanzi"\n[node]\nregion = "eu"\n')
+    with pytest.raises(ConfigError, match="top-level keys") as err:
+        load_config(mixed, environ={})
+    assert "data_dir, port" in str(err.value)
+    # [federation] beside [node] is fine: it is another package's table.
+    both = write(tmp_path, '[node]\nregion = "eu"\n[federation]\nae_interval_s = 5.0\n')
+    assert load_config(both, environ={}).region == "eu"
+
+
 def test_environment_overrides_the_file_and_explicit_overrides_win(tmp_path: Path) -> None:
     path = write(tmp_path, "port = 9000\nsend_queue = 10\n")
     env = {
