@@ -73,10 +73,12 @@ class DeviceDirectory(Protocol):
 @dataclass(frozen=True, slots=True)
 class Ack:
     op: Op
+    cmid: str  # the send's client message id: a client can match acks without request ids
 
     def to_json(self, request_id: object) -> dict[str, Any]:
         frame: dict[str, Any] = {
             "type": "ack",
+            "cmid": self.cmid,
             "op_id": self.op.op_id,
             "conv": self.op.conv,
             "hlc": self.op.hlc.to_json(),
@@ -242,10 +244,10 @@ class Hub:
         key = _cmid_key(who.user, who.device, send.cmid)
         pending = self._inflight.get(key)
         if pending is not None:
-            return Ack(await asyncio.shield(pending))
+            return Ack(await asyncio.shield(pending), send.cmid)
         done = self._already_done(key)
         if done is not None:
-            return Ack(done)
+            return Ack(done, send.cmid)
         content = self._validate(who, send)
         op = self._stamp(content, send.dsig)
         future: asyncio.Future[Op] = asyncio.get_running_loop().create_future()
@@ -272,7 +274,7 @@ class Hub:
             del self._inflight[key]
         self.accept(op)
         future.set_result(op)
-        return Ack(op)
+        return Ack(op, send.cmid)
 
     def _already_done(self, key: bytes) -> Op | None:
         """The op a previous send with this client message id produced, if it was committed."""

@@ -18,7 +18,16 @@ from node.config import NodeConfig
 from node.errors import ClientError
 from node.hub import Hub, Identity
 from node.metrics import Metrics
-from node.protocol import Auth, Ping, Read, Send, ServerConnection, Typing, encode
+from node.protocol import (
+    Auth,
+    Ping,
+    Read,
+    RequestId,
+    Send,
+    ServerConnection,
+    Typing,
+    encode,
+)
 from node.sessions import (
     CLOSE_AUTH_FAILED,
     CLOSE_AUTH_TIMEOUT,
@@ -60,11 +69,12 @@ class WsEndpoint:
             max_errors=cfg.max_errors_per_session,
             max_body_bytes=cfg.max_body_bytes,
         )
-        who = await self._authenticate(ws, conn)
-        if who is None:
+        authenticated = await self._authenticate(ws, conn)
+        if authenticated is None:
             return ws
+        who, auth_id = authenticated
         session = Session(ws, who.user, who.device, queue_size=cfg.send_queue)
-        ready = {
+        ready: dict[str, Any] = {
             "type": "ready",
             "user": who.user,
             "device": who.device,
@@ -76,6 +86,8 @@ class WsEndpoint:
                 "idle_timeout_s": cfg.idle_timeout_s,
             },
         }
+        if auth_id is not None:  # like every reply: the client matches it to its auth frame
+            ready["id"] = auth_id
         session.push(encode(ready))
         self.sessions.add(session)
         log.info("session %d open for %s/%s", session.id, who.user, who.device)
@@ -91,7 +103,8 @@ class WsEndpoint:
 
     async def _authenticate(
         self, ws: web.WebSocketResponse, conn: ServerConnection
-    ) -> Identity | None:
+    ) -> tuple[Identity, RequestId] | None:
+        """Who the first frame's token speaks for, and that frame's `id`; None once refused."""
         try:
             msg = await ws.receive(timeout=self.config.auth_timeout_s)
         except TimeoutError:
@@ -100,17 +113,21 @@ class WsEndpoint:
         if msg.type != WSMsgType.TEXT:
             await ws.close(code=CLOSE_AUTH_FAILED, message=b"the first frame must be auth")
             return None
+        event: Auth | None = None
         try:
-            event = conn.receive(msg.data)
-            assert isinstance(event, Auth)
+            parsed = conn.receive(msg.data)
+            assert isinstance(parsed, Auth)
+            event = parsed
             identity = self.accounts.authenticate(event.token)
         except ClientError as err:
+            if event is not None:  # a well-formed auth frame: echo its id in the refusal
+                err.request_id = event.id
             self._count_error(err)
             await ws.send_str(encode(err.to_json()))
             await ws.close(code=CLOSE_AUTH_FAILED, message=err.code.encode())
             return None
         conn.authenticated()
-        return Identity(user=identity.user, device=identity.device)
+        return Identity(user=identity.user, device=identity.device), event.id
 
     async def _read_loop(
         self,

@@ -424,6 +424,25 @@ async def test_revoked_and_bogus_tokens_are_refused_with_4001(
     await assert_alive(peer_ws, conv)  # the other member is untouched
 
 
+async def test_ready_and_auth_errors_echo_the_auth_frames_id(
+    api: Api, pair: tuple[Login, Login, str], others: Bystanders
+) -> None:
+    a, _, _ = pair
+    ws = await api.http.ws_connect(api.node.ws_url)
+    await ws.send_json({"type": "auth", "token": a.token, "id": "hello-1"})
+    ready = json.loads((await ws.receive(timeout=5)).data)
+    assert ready["type"] == "ready" and ready["id"] == "hello-1"
+    await ws.close()
+    for token, code in (("A" * 43, "auth_failed"), (12, "auth_required")):
+        ws = await api.http.ws_connect(api.node.ws_url)
+        await ws.send_json({"type": "auth", "token": token, "id": 7})
+        err = json.loads((await ws.receive(timeout=5)).data)
+        assert err["code"] == code
+        # A well-formed auth frame's id is echoed; a malformed frame's id is not trusted.
+        assert err.get("id") == (7 if code == "auth_failed" else None), err
+        await ws.close()
+
+
 async def test_first_frame_must_be_auth(
     api: Api, pair: tuple[Login, Login, str], others: Bystanders
 ) -> None:

@@ -19,8 +19,8 @@ async def test_two_users_chat(api: Api) -> None:
     a, b = await api.ws(alice), await api.ws(bob)
     assert a.ready["user"] == "alice" and a.ready["node"] == b.ready["node"]
 
-    ack = await a.message(conv, "hello bob")
-    assert ack["type"] == "ack" and ack["conv"] == conv
+    ack = await a.message(conv, "hello bob", cmid="first-words")
+    assert ack["type"] == "ack" and ack["conv"] == conv and ack["cmid"] == "first-words"
     assert isinstance(ack["op_id"], str) and ack["op_id"]
     wall, counter = ack["hlc"]
     origin, seq = ack["dot"]
@@ -40,6 +40,11 @@ async def test_two_users_chat(api: Api) -> None:
     page = await api.history(alice, conv)
     assert [m["body"] for m in page["messages"]] == [body_of("hello bob"), body_of("hi alice")]
     assert page["messages"][0]["op_id"] == ack["op_id"]
+
+    # Without a request id the ack is still matched to its send: by cmid (also over HTTP).
+    await a.send({"type": "send", "cmid": "no-id", "conv": conv, "kind": "message"})
+    assert (await a.expect(lambda f: f["type"] == "ack"))["cmid"] == "no-id"
+    assert (await api.message(alice, conv, "over http", cmid="by-http"))["cmid"] == "by-http"
 
 
 async def test_group_of_20_fans_out_to_every_session(api: Api) -> None:
