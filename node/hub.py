@@ -46,10 +46,12 @@ from crdt import (
 )
 from node.errors import ClientError
 from node.protocol import Send, encode
-from node.store import Put, Store
+from node.store import Delete, Put, Store
 
 log = logging.getLogger(__name__)
-DBS = ("ops", "cmids", "markers")
+# send_ids: (user, device, conv, cmid) -> the op it produced. cmids holds the older layout keyed
+# without the conversation; Hub.load moves its records into send_ids.
+DBS = ("ops", "send_ids", "cmids", "markers")
 DIRECT_PREFIX = "d_"
 REFUSAL_CODES = {
     "missing": "not_found",
@@ -132,8 +134,17 @@ def _continuing(ops: list[Op], vv: VersionVector) -> list[Op]:
     return out
 
 
-def _cmid_key(user: str, device: str, cmid: str) -> bytes:
-    return "\x00".join((user, device, cmid)).encode()
+def _send_id_key(user: str, device: str, conv: str, cmid: str) -> bytes:
+    """A client message id is scoped per conversation: reusing one elsewhere is a new send.
+
+    The cmid goes last: users, devices and conversations are checked ids without NUL, a cmid is
+    free text. A cmid over 64 UTF-8 bytes (64 CJK chars are 192) is replaced by 0xFF (never in
+    UTF-8) + its SHA-256, so the key stays under LMDB's 511-byte limit whatever the ids' lengths.
+    """
+    raw = cmid.encode()
+    if len(raw) > 64:
+        raw = b"\xff" + hashlib.sha256(raw).digest()
+    return "\x00".join((user, device, conv, "")).encode() + raw
 
 
 class Hub:
@@ -184,6 +195,7 @@ class Hub:
             count += 1
         if latest is not None:
             self.clock = HybridClock(max_drift_ms=self.clock.max_drift_ms, last=latest)
+        self._migrate_cmids()
         for conv in self.logs:
             self._reindex(conv)
         for key, raw in self.store.scan("markers"):
@@ -193,6 +205,19 @@ class Hub:
             )
         log.info("loaded %d ops in %d conversations", count, len(self.logs))
         return count
+
+    def _migrate_cmids(self) -> None:
+        """Re-key records of the old per-(user, device) cmid layout by their conversation, so
+        sends retried across an upgrade still have exactly one effect."""
+        writes: list[Put | Delete] = []
+        for key, raw in self.store.scan("cmids"):
+            user, device, cmid = key.decode().split("\x00", 2)
+            conv = json.loads(raw)[0]
+            writes += [Put("send_ids", _send_id_key(user, device, conv, cmid), raw)]
+            writes += [Delete("cmids", key)]
+        if writes:
+            self.store.commit_sync(writes)
+            log.info("moved %d client message ids to the per-conversation layout", len(writes) // 2)
 
     def _log(self, conv: ConvId, *, create: bool = False) -> MessageLog:
         found = self.logs.get(conv)
@@ -241,7 +266,7 @@ class Hub:
 
     async def submit(self, who: Identity, send: Send) -> Ack:
         """Validate, stamp, durably commit, apply and fan out one client op (exactly once)."""
-        key = _cmid_key(who.user, who.device, send.cmid)
+        key = _send_id_key(who.user, who.device, send.conv, send.cmid)
         pending = self._inflight.get(key)
         if pending is not None:
             return Ack(await asyncio.shield(pending), send.cmid)
@@ -256,7 +281,7 @@ class Hub:
             await self.store.commit(
                 [
                     Put("ops", _op_key(op), op.to_bytes()),
-                    Put("cmids", key, json.dumps([op.conv, *op.dot.to_json()]).encode()),
+                    Put("send_ids", key, json.dumps([op.conv, *op.dot.to_json()]).encode()),
                 ]
             )
         except Exception as exc:
@@ -278,7 +303,7 @@ class Hub:
 
     def _already_done(self, key: bytes) -> Op | None:
         """The op a previous send with this client message id produced, if it was committed."""
-        raw = self.store.get("cmids", key)
+        raw = self.store.get("send_ids", key)
         if raw is None:
             return None
         conv, origin, seq = json.loads(raw)

@@ -28,7 +28,7 @@ from crdt import (
 from node.errors import ClientError
 from node.hub import DBS, Hub, Identity, direct_conv_id
 from node.protocol import Send
-from node.store import Store, StoreError
+from node.store import Delete, Put, Store, StoreError
 
 T0 = 1_800_000_000_000
 NODE_KEY = SigningKey(b"\x07" * 32)
@@ -184,6 +184,37 @@ async def test_same_cmid_has_exactly_one_effect(world: World) -> None:
     # And after a restart the store remembers.
     await world.reopen()
     assert await world.message("alice", "g1", "x", cmid="m2") == acks[0]
+
+
+async def test_a_cmid_reused_in_another_conversation_is_a_new_send(world: World) -> None:
+    await world.group("alice", "g1", "bob")
+    await world.group("alice", "g2", "carol")
+    in_g1 = await world.message("alice", "g1", "to g1", cmid="m1")
+    in_g2 = await world.message("alice", "g2", "to g2", cmid="m1")
+    assert in_g2.conv == "g2" and in_g2 != in_g1
+    assert bodies(world.hub, "carol", "g2") == [b"to g2"]
+    # Each stays idempotent in its own conversation, also after a restart.
+    await world.reopen()
+    assert await world.message("alice", "g1", "x", cmid="m1") == in_g1
+    assert await world.message("alice", "g2", "x", cmid="m1") == in_g2
+    # Long cmids (64 CJK chars are 192 UTF-8 bytes) with long ids still fit LMDB's key limit.
+    long_conv, long_cmid = "g-" + "x" * 126, "消" * 64
+    await world.group("alice", long_conv, "bob")
+    first = await world.message("alice", long_conv, "long", cmid=long_cmid, device="d" * 128)
+    again = await world.message("alice", long_conv, "long", cmid=long_cmid, device="d" * 128)
+    assert again == first
+
+
+async def test_cmids_of_the_old_layout_are_migrated_at_load(world: World) -> None:
+    await world.group("alice", "g1", "bob")
+    op = await world.message("alice", "g1", "before the upgrade", cmid="old-1")
+    # Rewrite its record the way older nodes keyed it: (user, device, cmid), no conversation.
+    [(key, raw)] = world.store.scan("send_ids", prefix=b"alice\x00d1\x00g1\x00old-1")
+    world.store.commit_sync([Delete("send_ids", key), Put("cmids", b"alice\x00d1\x00old-1", raw)])
+    await world.reopen()
+    assert world.store.count("cmids") == 0
+    assert await world.message("alice", "g1", "retried after it", cmid="old-1") == op
+    assert bodies(world.hub, "bob", "g1") == [b"before the upgrade"]
 
 
 async def test_edit_delete_react_unreact(world: World) -> None:
