@@ -6,7 +6,9 @@
 * A **device** is named by the client at login and registers its Ed25519 (signing) and X25519
   (Box) public keys (DESIGN.md decision 5). Logging in again with the same device id replaces
   its keys; if they differ, ``keys_changed_ms`` records when, so the E2EE layer can show the
-  change ("trust on first use, key changes are visible").
+  change ("trust on first use, key changes are visible"). An optional ``keys_sig`` (the
+  device's self-signature of its record, docs/e2ee.md §1) is verified and kept with the keys;
+  clients ignore directory rows without a valid one.
 * A **token** is 32 random bytes, given to the client as unpadded base64url. Only SHA-256 of the
   raw bytes is stored (a stolen database does not yield usable tokens); 256 random bits need no
   salt or slow hash. Tokens expire after ``token_ttl_s`` and can be revoked one by one (logout)
@@ -48,6 +50,7 @@ import nacl.exceptions
 import nacl.pwhash
 import nacl.utils
 from nacl.pwhash import argon2id
+from nacl.signing import VerifyKey
 
 from crdt import DecodeError, b64decode, b64encode, canonical_json
 from node.errors import ClientError
@@ -75,6 +78,8 @@ MAX_PASSWORD_LEN: Final = 1024
 MAX_DEVICE_NAME_LEN: Final = 64
 TOKEN_BYTES: Final = 32
 KEY_BYTES: Final = 32
+SIGNATURE_BYTES: Final = 64
+DEVICE_RECORD_CONTEXT: Final = b"yanzi-device-v1\x00"  # docs/e2ee.md §1
 
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
 _DEVICE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -154,6 +159,22 @@ class DeviceKeys:
     def to_json(self) -> dict[str, str]:
         return {"ed25519": b64encode(self.ed25519), "x25519": b64encode(self.x25519)}
 
+    def verify_self_signature(self, user: str, device: str, keys_sig: bytes) -> None:
+        """Check `keys_sig`, the device's Ed25519 signature over its own record (docs/e2ee.md
+        §1): it proves possession of the signing key. Raises ClientError(bad_request)."""
+        record = {"user": user, "device": device, **self.to_json()}
+        signed = DEVICE_RECORD_CONTEXT + canonical_json(record)
+        if len(keys_sig) != SIGNATURE_BYTES:
+            raise ClientError("bad_request", "keys_sig must be a 64-byte Ed25519 signature")
+        try:
+            VerifyKey(self.ed25519).verify(signed, keys_sig)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
+            raise ClientError(
+                "bad_request",
+                "keys_sig does not verify: sign b'yanzi-device-v1\\0' + canonical JSON of "
+                '{"user", "device", "ed25519", "x25519"} with the device key (docs/e2ee.md §1)',
+            ) from None
+
 
 @dataclass(frozen=True, slots=True)
 class Device:
@@ -165,6 +186,9 @@ class Device:
     last_login_ms: int
     #: When a login last replaced this device's keys with different ones; None if never.
     keys_changed_ms: int | None = None
+    #: The device's self-signature of its keys (docs/e2ee.md §1), verified at login; None if
+    #: the device never sent one for its current keys.
+    keys_sig: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,6 +196,7 @@ class Device:
             "device": self.device,
             "name": self.name,
             "keys": self.keys.to_json(),
+            "keys_sig": None if self.keys_sig is None else b64encode(self.keys_sig),
             "created_ms": self.created_ms,
             "last_login_ms": self.last_login_ms,
             "keys_changed_ms": self.keys_changed_ms,
@@ -181,6 +206,7 @@ class Device:
     def _from_record(cls, raw: bytes) -> Device:
         rec = json.loads(raw)
         keys = rec["keys"]
+        keys_sig = rec.get("keys_sig")  # absent in rows written before keys_sig existed
         return cls(
             user=rec["user"],
             device=rec["device"],
@@ -189,6 +215,7 @@ class Device:
             created_ms=rec["created_ms"],
             last_login_ms=rec["last_login_ms"],
             keys_changed_ms=rec.get("keys_changed_ms"),
+            keys_sig=None if keys_sig is None else b64decode(keys_sig),
         )
 
 
@@ -375,8 +402,10 @@ class Accounts:
         device: str,
         device_name: str,
         keys: DeviceKeys,
+        keys_sig: bytes | None = None,
     ) -> LoginResult:
-        """Check the password, upsert the device and its keys, and issue a new token."""
+        """Check the password, upsert the device and its keys, and issue a new token.
+        `keys_sig`, if given, must be the device's valid self-signature (bad_request)."""
         user = _check_username(username)
         # No minimum here: a password set under an older, lower min_password_len still works.
         secret = _password_bytes(password, min_len=0)
@@ -384,6 +413,8 @@ class Accounts:
         device_name = _check_device_name(device_name)
         if not isinstance(keys, DeviceKeys):
             raise ClientError("bad_request", "keys must be the device's public keys")
+        if keys_sig is not None:
+            keys.verify_self_signature(user, device, keys_sig)
         raw_user = self._store.get("users", user.encode("ascii"))
         if raw_user is None:
             await self._verify(await self._dummy(), secret)  # same cost as a real miss
@@ -402,9 +433,12 @@ class Accounts:
             expires_ms = now + self._ttl_ms
             stored = self.device(user, device)
             if stored is None:
-                record = Device(user, device, device_name, keys, now, now)
+                record = Device(user, device, device_name, keys, now, now, keys_sig=keys_sig)
             else:
                 changed = stored.keys != keys
+                # A login without keys_sig keeps the one that signed these same keys before.
+                if keys_sig is None and not changed:
+                    keys_sig = stored.keys_sig
                 if changed:
                     log.warning("user %s device %s logged in with new keys", user, device)
                 record = replace(
@@ -413,6 +447,7 @@ class Accounts:
                     keys=keys,
                     last_login_ms=now,
                     keys_changed_ms=now if changed else stored.keys_changed_ms,
+                    keys_sig=keys_sig,
                 )
             token_rec = {
                 "user": user,

@@ -164,12 +164,20 @@ class HttpApi:
             keys = DeviceKeys.from_json(keys_json)
         except DecodeError as exc:
             raise ClientError("bad_request", f"keys: {exc}") from None
+        keys_sig_text = self._field(body, "keys_sig", required=False)
+        keys_sig = None
+        if keys_sig_text is not None:
+            try:
+                keys_sig = b64decode(keys_sig_text, max_bytes=64)
+            except DecodeError:
+                raise ClientError("bad_request", "keys_sig must be unpadded base64url") from None
         result = await self.accounts.login(
             self._field(body, "username"),
             self._field(body, "password"),
             device=self._field(body, "device"),
             device_name=self._field(body, "device_name", required=False) or "",
             keys=keys,
+            keys_sig=keys_sig,
         )
         for callback in self.on_login:
             callback(result.user)

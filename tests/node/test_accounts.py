@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
 
-from crdt import b64decode, b64encode
+from crdt import b64decode, b64encode, canonical_json
 from node.accounts import DBS, Accounts, DeviceKeys
 from node.errors import ClientError
-from node.store import Store
+from node.store import Put, Store
 
 PASSWORD = "correct horse battery"
 TTL_S = 3600
@@ -415,3 +418,73 @@ async def test_accounts_survive_reopen(tmp_path: Path, clock: FakeClock) -> None
         assert code_of(exc) == "username_taken"
     finally:
         await store.close()
+
+
+# -- the device's self-signature (keys_sig, docs/e2ee.md §1) ----------------------------------
+
+
+def signed_keys(user: str, device: str, seed: int = 1) -> tuple[DeviceKeys, bytes]:
+    """Real keys and their keys_sig, built from the spec's text rather than the SDK."""
+    signing = SigningKey(hashlib.sha256(b"dev-%d" % seed).digest())
+    x25519 = bytes(PrivateKey(hashlib.sha256(b"box-%d" % seed).digest()).public_key)
+    dev_keys = DeviceKeys(ed25519=bytes(signing.verify_key), x25519=x25519)
+    record = {"user": user, "device": device, **dev_keys.to_json()}
+    signed = b"yanzi-device-v1\x00" + canonical_json(record)
+    return dev_keys, bytes(signing.sign(signed).signature)
+
+
+async def test_keys_sig_is_verified_and_kept(accounts: Accounts, store: Store) -> None:
+    await accounts.register("alice", PASSWORD)
+    dev_keys, sig = signed_keys("alice", "phone")
+    await accounts.login("alice", PASSWORD, device="phone", device_name="", keys=dev_keys,
+                         keys_sig=sig)  # fmt: skip
+    dev = accounts.device("alice", "phone")
+    assert dev is not None and dev.keys_sig == sig
+    assert dev.to_json()["keys_sig"] == b64encode(sig)
+    # Same keys, no signature this time: the one that signed these keys stays.
+    await accounts.login("alice", PASSWORD, device="phone", device_name="", keys=dev_keys)
+    assert accounts.device("alice", "phone").keys_sig == sig  # type: ignore[union-attr]
+    # The row survives a reopen of the store (federation copies these rows as they are).
+    reopened = make_accounts(store)
+    assert reopened.device("alice", "phone") == accounts.device("alice", "phone")
+    # New keys without a signature: the old signature no longer applies.
+    await accounts.login("alice", PASSWORD, device="phone", device_name="", keys=keys(9))
+    dev = accounts.device("alice", "phone")
+    assert dev is not None and dev.keys_sig is None and dev.to_json()["keys_sig"] is None
+
+
+@pytest.mark.parametrize(
+    "case", ["other_user", "other_device", "other_keys", "flipped_bit", "short", "empty"]
+)
+async def test_bad_keys_sig_is_refused(accounts: Accounts, case: str) -> None:
+    await accounts.register("alice", PASSWORD)
+    dev_keys, sig = signed_keys("alice", "phone")
+    if case == "other_user":
+        _, sig = signed_keys("mallory", "phone")
+    elif case == "other_device":
+        _, sig = signed_keys("alice", "laptop")
+    elif case == "other_keys":
+        dev_keys = DeviceKeys(ed25519=dev_keys.ed25519, x25519=b"\x07" * 32)
+    elif case == "flipped_bit":
+        sig = bytes([sig[0] ^ 1]) + sig[1:]
+    elif case == "short":
+        sig = sig[:63]
+    else:
+        sig = b""
+    with pytest.raises(ClientError) as exc:
+        await accounts.login("alice", PASSWORD, device="phone", device_name="", keys=dev_keys,
+                             keys_sig=sig)  # fmt: skip
+    assert code_of(exc) == "bad_request"
+    assert accounts.device("alice", "phone") is None  # nothing stored
+
+
+async def test_rows_without_keys_sig_still_load(accounts: Accounts, store: Store) -> None:
+    """Device rows written before keys_sig existed (or replicated from an older node)."""
+    await accounts.register("alice", PASSWORD)
+    await login(accounts)
+    key = b"alice\x00phone"
+    row = json.loads(store.get("devices", key) or b"")
+    del row["keys_sig"]
+    await store.commit([Put("devices", key, canonical_json(row))])
+    dev = accounts.device("alice", "phone")
+    assert dev is not None and dev.keys_sig is None
