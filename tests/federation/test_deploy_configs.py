@@ -315,7 +315,13 @@ def test_systemd_units_verify(tmp_path: Path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
-    scripts = sysconfig.get_path("scripts")
+    # verify checks that ExecStart's program exists: point the units' venv at a folder holding
+    # the real yanzi and nats-server executables, wherever this environment installed them.
+    scripts = tmp_path / "bin"
+    scripts.mkdir()
+    yanzi = shutil.which("yanzi") or str(Path(sysconfig.get_path("scripts")) / "yanzi")
+    (scripts / "yanzi").symlink_to(yanzi)
+    (scripts / "nats-server").symlink_to(nats_server_binary())
     units = sorted((DEPLOY / "systemd").glob("*.service"))
     assert {u.name for u in units} >= {"yanzi.service"}
     for unit in units:
@@ -323,7 +329,7 @@ def test_systemd_units_verify(tmp_path: Path):
         # verify checks that ExecStart's program exists.
         text = unit.read_text()
         assert "/opt/yanzi/venv/bin/" in text
-        (tmp_path / unit.name).write_text(text.replace("/opt/yanzi/venv/bin", scripts))
+        (tmp_path / unit.name).write_text(text.replace("/opt/yanzi/venv/bin", str(scripts)))
     result = subprocess.run(
         [analyze, "verify", *(str(tmp_path / u.name) for u in units)],
         capture_output=True, text=True, timeout=60,
