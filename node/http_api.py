@@ -14,6 +14,7 @@ from aiohttp import web
 
 from crdt import DecodeError, b64decode, decode_cursor, encode_cursor, strict_loads
 from node.accounts import Accounts, DeviceKeys
+from node.accounts import Identity as TokenIdentity
 from node.config import NodeConfig
 from node.errors import ClientError
 from node.hub import Hub, Identity, direct_conv_id
@@ -132,12 +133,16 @@ class HttpApi:
         return value
 
     def _who(self, request: web.Request) -> tuple[Identity, str]:
+        found, token = self._bearer(request)
+        return Identity(user=found.user, device=found.device), token
+
+    def _bearer(self, request: web.Request) -> tuple[TokenIdentity, str]:
+        """The request's bearer token and whom it speaks for (with its token id and expiry)."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ClientError("auth_required", "send Authorization: Bearer <token>")
-        found = self.accounts.authenticate(token.strip())
-        return Identity(user=found.user, device=found.device), token.strip()
+        return self.accounts.authenticate(token.strip()), token.strip()
 
     def _int_query(self, request: web.Request, name: str, default: int, maximum: int) -> int:
         raw = request.query.get(name)
@@ -192,8 +197,10 @@ class HttpApi:
         )
 
     async def logout(self, request: web.Request) -> web.Response:
-        _, token = self._who(request)
+        found, token = self._bearer(request)
         await self.accounts.logout(token)
+        # The token is gone: so are the sessions it opened (the user's others stay).
+        self.sessions.close_token(found.user, found.token_id, CLOSE_LOGGED_OUT)
         return _json({"ok": True})
 
     async def logout_all(self, request: web.Request) -> web.Response:

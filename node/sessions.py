@@ -50,14 +50,24 @@ class TokenBucket:
 class Session:
     """One authenticated WebSocket. `push` never blocks; a full queue marks the session slow."""
 
-    def __init__(self, ws: web.WebSocketResponse, user: str, device: str, *, queue_size: int):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        user: str,
+        device: str,
+        *,
+        queue_size: int,
+        token_id: str = "",
+    ):
         self.id = next(_ids)
         self.ws = ws
         self.user = user
         self.device = device
+        self.token_id = token_id  # hex SHA-256 of the token it authenticated with: logout closes it
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
         self.slow = False
         self.close_code: int | None = None
+        self.close_reason = b""
 
     def push(self, frame: str) -> bool:
         if self.slow or self.close_code is not None:
@@ -72,9 +82,9 @@ class Session:
             self._drain_and_stop()
             return False
 
-    def stop(self, code: int | None = None) -> None:
+    def stop(self, code: int | None = None, reason: bytes = b"") -> None:
         if self.close_code is None and code is not None:
-            self.close_code = code
+            self.close_code, self.close_reason = code, reason
         # What is already queued (acks, the error that explains the close) goes out before
         # the close frame; only a full queue is dropped.
         try:
@@ -102,9 +112,10 @@ class Session:
                 break
             metrics.frames_out.inc()
         if self.close_code is not None and not self.ws.closed:
-            message = {
+            message = self.close_reason or {
                 CLOSE_SLOW_CONSUMER: b"slow consumer: catch up with GET /v1/sync",
                 CLOSE_GOING_AWAY: b"server shutting down",
+                CLOSE_LOGGED_OUT: b"logged out",
             }.get(self.close_code, b"")
             await self.ws.close(code=self.close_code, message=message)
 
@@ -176,6 +187,13 @@ class Sessions:
     def close_user(self, user: str, code: int) -> None:
         for session in tuple(self.by_user.get(user, ())):
             session.stop(code)
+
+    def close_token(self, user: str, token_id: str, code: int) -> int:
+        """Stop the sessions that authenticated with one token (a single-token logout)."""
+        closing = [s for s in self.by_user.get(user, ()) if s.token_id == token_id]
+        for session in closing:
+            session.stop(code)
+        return len(closing)
 
     def close_all(self, code: int) -> None:
         for sessions in tuple(self.by_user.values()):

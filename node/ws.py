@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from node.accounts import Accounts
+from node.accounts import Identity as TokenIdentity
 from node.config import NodeConfig
 from node.errors import ClientError
 from node.hub import Hub, Identity
@@ -72,8 +73,11 @@ class WsEndpoint:
         authenticated = await self._authenticate(ws, conn)
         if authenticated is None:
             return ws
-        who, auth_id = authenticated
-        session = Session(ws, who.user, who.device, queue_size=cfg.send_queue)
+        token, auth_id = authenticated
+        who = Identity(user=token.user, device=token.device)
+        session = Session(
+            ws, who.user, who.device, queue_size=cfg.send_queue, token_id=token.token_id
+        )
         ready: dict[str, Any] = {
             "type": "ready",
             "user": who.user,
@@ -103,7 +107,7 @@ class WsEndpoint:
 
     async def _authenticate(
         self, ws: web.WebSocketResponse, conn: ServerConnection
-    ) -> tuple[Identity, RequestId] | None:
+    ) -> tuple[TokenIdentity, RequestId] | None:
         """Who the first frame's token speaks for, and that frame's `id`; None once refused."""
         try:
             msg = await ws.receive(timeout=self.config.auth_timeout_s)
@@ -127,7 +131,7 @@ class WsEndpoint:
             await ws.close(code=CLOSE_AUTH_FAILED, message=err.code.encode())
             return None
         conn.authenticated()
-        return Identity(user=identity.user, device=identity.device), event.id
+        return identity, event.id
 
     async def _read_loop(
         self,

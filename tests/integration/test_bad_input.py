@@ -403,7 +403,13 @@ async def test_revoked_and_bogus_tokens_are_refused_with_4001(
 ) -> None:
     a, _, conv = pair
     keep = await api.login(a.user, "other-device")
+    same_token = [await api.ws(a), await api.ws(a)]
+    kept = await api.ws(keep)
     assert await api.ok("POST", "/v1/logout", who=a) == {"ok": True}
+    # The logged-out token's sessions end (4011); the user's other token keeps its own.
+    for ws in same_token:
+        assert await ws.closed() == 4011
+    await assert_alive(kept, conv)
     err, code = await _auth_refused(api, a.token)
     assert (err["code"], code) == ("auth_failed", 4001)
     status, body = await api.call("GET", "/v1/me", who=a)

@@ -213,6 +213,27 @@ def test_presence_goes_to_contacts_on_first_and_last_session() -> None:
     assert not sessions.online("alice") and len(sessions) == 2
 
 
+def test_close_token_stops_only_that_tokens_sessions() -> None:
+    sessions = Sessions(metrics=Metrics(), rate_per_s=1, rate_burst=1)
+    phone = Session(FakeWs(), "alice", "phone", queue_size=10, token_id="t-phone")
+    phone2 = Session(FakeWs(), "alice", "phone", queue_size=10, token_id="t-phone")
+    laptop = Session(FakeWs(), "alice", "laptop", queue_size=10, token_id="t-laptop")
+    for s in (phone, phone2, laptop):
+        sessions.add(s)
+    assert sessions.close_token("alice", "t-phone", 4011) == 2
+    assert phone.close_code == phone2.close_code == 4011 and laptop.close_code is None
+    assert sessions.close_token("bob", "t-phone", 4011) == 0
+
+
+async def test_the_close_reason_given_to_stop_is_sent() -> None:
+    ws = FakeWs()
+    s = session(ws=ws)
+    s.stop(4001, b"token_expired")
+    s.stop(4010, b"idle")  # the first code and reason stay
+    await s.run_writer(Metrics())
+    assert (ws.close_code, ws.close_message) == (4001, b"token_expired")
+
+
 def test_close_user_and_close_all() -> None:
     sessions = Sessions(metrics=Metrics(), rate_per_s=1, rate_burst=1)
     a, b = session("alice", queue=10), session("bob", queue=10)
