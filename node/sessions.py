@@ -68,6 +68,8 @@ class Session:
         self.slow = False
         self.close_code: int | None = None
         self.close_reason = b""
+        # time.monotonic() of the last frame the client sent (protocol pings and pongs aside).
+        self.last_frame = time.monotonic()
 
     def push(self, frame: str) -> bool:
         if self.slow or self.close_code is not None:

@@ -98,8 +98,10 @@ class WsEndpoint:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(session.run_writer(self.metrics))
+                watchdog = tasks.create_task(self._watchdog(session, token.expires_ms))
                 await self._read_loop(ws, conn, session, who, tasks)
                 session.stop()
+                watchdog.cancel()
         finally:
             self.sessions.remove(session)
             log.info("session %d closed (%s)", session.id, ws.close_code)
@@ -143,13 +145,12 @@ class WsEndpoint:
     ) -> None:
         inflight = asyncio.Semaphore(MAX_INFLIGHT_SENDS)
         while session.close_code is None:
-            try:
-                msg = await ws.receive(timeout=self.config.idle_timeout_s)
-            except TimeoutError:
-                session.stop(CLOSE_IDLE)
-                return
+            # No receive timeout: aiohttp restarts it on every pong it swallows, so a client
+            # that answers pings was never idle. The watchdog times application frames instead.
+            msg = await ws.receive()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return
+            session.last_frame = time.monotonic()
             if msg.type != WSMsgType.TEXT:
                 self._reply_error(session, ClientError("bad_frame", "only text frames are used"))
                 conn.errors += 1  # a bad frame like any other: binary garbage hits the limit too
@@ -185,6 +186,24 @@ class WsEndpoint:
                 if not err.session_survives:
                     session.stop(CLOSE_PROTOCOL)
                     return
+
+    async def _watchdog(self, session: Session, expires_ms: int) -> None:
+        """Close the session after `idle_timeout_s` without a client frame (4010; protocol
+        pings and pongs do not count), or when its token expires (4001 token_expired)."""
+        idle_s = self.config.idle_timeout_s
+        while session.close_code is None:
+            idle_left = session.last_frame + idle_s - time.monotonic()
+            token_left = (expires_ms - time.time_ns() // 1_000_000) / 1000
+            if token_left <= 0:
+                self._reply_error(
+                    session, ClientError("token_expired", "the token has expired; log in again")
+                )
+                session.stop(CLOSE_AUTH_FAILED, b"token_expired")
+                log.info("session %d closed: token expired", session.id)
+            elif idle_left <= 0:
+                session.stop(CLOSE_IDLE)
+            else:
+                await asyncio.sleep(min(idle_left, token_left))
 
     async def _send(
         self,

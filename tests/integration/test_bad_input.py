@@ -361,10 +361,19 @@ async def test_forbidden_and_missing_targets(
     await assert_alive(wa, conv)
 
 
+async def closed_with(ws: Ws, timeout: float = 10.0) -> tuple[int | None, str]:
+    """Read (into the backlog) until the server closes: its close code and reason."""
+    with pytest.raises(Closed) as closed:
+        async with asyncio.timeout(timeout):
+            while True:
+                ws.backlog.append(await ws.recv(timeout))
+    return closed.value.code, closed.value.reason
+
+
 async def test_expired_token_is_refused_with_4001(
     nodes: Nodes, http: aiohttp.ClientSession
 ) -> None:
-    node = nodes.start({"YANZI_TOKEN_TTL_S": "1"})
+    node = nodes.start({"YANZI_TOKEN_TTL_S": "2"})
     api = Api(http, node)
     alice = await api.user("alice")
     others = await Bystanders(api).start()
@@ -381,11 +390,18 @@ async def test_expired_token_is_refused_with_4001(
     msg = await ws.receive()
     assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4001
 
+    # Sessions open when their token expires are closed too: an error frame, then 4001.
+    for ws in (others.wx, others.wy):
+        assert await closed_with(ws) == (4001, "token_expired")
+        assert [f["code"] for f in ws.backlog if f["type"] == "error"] == ["token_expired"]
+
     fresh_login = await api.login("alice")  # logging in again works
     assert (await (await api.ws(fresh_login)).request({"type": "ping"}))["type"] == "pong"
-    # The bystanders' sessions outlive their tokens (checked at connect time only); new
-    # tokens for new connections:
     others.x, others.y = await api.login(others.x.user), await api.login(others.y.user)
+    old = others.wx, others.wy
+    others.wx, others.wy = await api.ws(others.x), await api.ws(others.y)
+    # Same devices: continue their cmids (a reused cmid would just return its old ack).
+    others.wx._cmids, others.wy._cmids = old[0]._cmids, old[1]._cmids
     await others.check()
 
 

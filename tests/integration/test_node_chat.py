@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from tests.helpers import NodeProcess
@@ -112,6 +113,26 @@ async def test_reconnect_after_a_missed_stretch_returns_exactly_the_gap(api: Api
     b2 = await api.ws(bob)
     await a.message(conv, "live again")
     await b2.expect_op(conv, "live again")
+
+
+async def test_idle_timeout_counts_client_frames_not_pongs(
+    nodes: Nodes, http: aiohttp.ClientSession
+) -> None:
+    # Heartbeats every 0.4 s, idle after 1.5 s: an idle client answers several pings first.
+    node = nodes.start({"YANZI_IDLE_TIMEOUT_S": "1.5", "YANZI_HEARTBEAT_S": "0.4"})
+    api = Api(http, node)
+    alice, bob = await api.users("alice", "bob")
+    idle, busy = await api.ws(alice), await api.ws(bob)
+    started = asyncio.get_running_loop().time()
+    closing = asyncio.create_task(idle.closed(timeout=10))  # reads, so it answers pings
+    while not closing.done():
+        assert (await busy.request({"type": "ping"}))["type"] == "pong"
+        await asyncio.sleep(0.3)
+    assert await closing == 4010
+    assert asyncio.get_running_loop().time() - started < 6
+    for _ in range(3):  # the client that keeps talking is not idle
+        assert (await busy.request({"type": "ping"}))["type"] == "pong"
+        await asyncio.sleep(0.3)
 
 
 async def test_history_pages_backwards(api: Api) -> None:
