@@ -21,7 +21,7 @@ from node.accounts import DBS as ACCOUNT_DBS
 from node.accounts import Accounts
 from node.audit import AuditLog
 from node.config import NodeConfig
-from node.http_api import HttpApi, error_middleware
+from node.http_api import HEALTH, Health, HttpApi, error_middleware
 from node.hub import DBS as HUB_DBS
 from node.hub import Hub
 from node.identity import load_or_create_key
@@ -54,6 +54,8 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
     app = web.Application(
         middlewares=[error_middleware], client_max_size=config.max_frame_bytes * 2
     )
+    health = app[HEALTH] = Health(region=config.region)
+    app.router.add_routes(health.routes())
     metrics = Metrics()
     app["metrics"] = metrics
     app["config"] = config
@@ -121,13 +123,14 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         app.router.add_routes([*api.routes(), *mesh_api.routes(), web.get("/v1/ws", ws.handle)])
         app["hub"], app["sessions"], app["store"] = hub, sessions, store
         app["federation"] = federation
-        api.ready = True
+        health.node_id = hub.node_id
+        health.ready = True
         log.info("node %s ready at %s (data in %s)", hub.node_id, config.url, data_dir)
         housekeeping = asyncio.create_task(_housekeeping(accounts), name="housekeeping")
         try:
             yield
         finally:
-            api.ready = False
+            health.ready = False
             housekeeping.cancel()
             await asyncio.gather(housekeeping, return_exceptions=True)
             await federation.stop()
@@ -136,6 +139,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         log.info("node %s stopped", hub.node_id)
 
     async def going_away(app: web.Application) -> None:
+        health.ready = False  # first: shutdown has begun
         sessions = app.get("sessions")
         if sessions is not None:
             sessions.close_all(CLOSE_GOING_AWAY)
@@ -177,4 +181,5 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        app[HEALTH].ready = False  # before the listener closes (runner.cleanup)
         await runner.cleanup()

@@ -57,6 +57,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _json({"error": {"code": "internal", "message": "internal error"}}, 500)
 
 
+class Health:
+    """`GET /healthz` and `GET /readyz`. Routed when the app is built, not at start-up, so they
+    answer for the node's whole life: `ready` turns true at the end of start-up and false at the
+    start of shutdown (node.app), and /readyz says 503 whenever it is false."""
+
+    def __init__(self, *, region: str) -> None:
+        self.region = region
+        self.node_id: str | None = None  # known once start-up has loaded the node key
+        self.ready = False
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/healthz", self.healthz), web.get("/readyz", self.readyz)]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"ok": True, "node": self.node_id, "version": VERSION, "region": self.region})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        return _json({"ready": self.ready}, 200 if self.ready else 503)
+
+
+HEALTH = web.AppKey("health", Health)
+
+
 class HttpApi:
     def __init__(
         self,
@@ -72,7 +95,6 @@ class HttpApi:
         self.hub = hub
         self.sessions = sessions
         self.metrics = metrics
-        self.ready = False
         self.on_login: list[Callable[[str], None]] = []
 
     def routes(self) -> list[web.RouteDef]:
@@ -91,8 +113,6 @@ class HttpApi:
             web.post("/v1/conversations/{conv}/read", self.read),
             web.get("/v1/sync", self.sync),
             web.post("/v1/sync", self.sync_post),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics_endpoint),
         ]
 
@@ -342,15 +362,6 @@ class HttpApi:
         )
 
     # -- operations ---------------------------------------------------------------------------
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return _json(
-            {"ok": True, "node": self.hub.node_id, "version": VERSION, "region": self.config.region}
-        )
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        status = 200 if self.ready else 503
-        return _json({"ready": self.ready}, status)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(
