@@ -80,6 +80,7 @@ class Federation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_roster_push = 0.0
         self._started = time.time()
+        self._stopping = False  # stop() drains and closes NATS: that disconnect is expected
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Federation:
         await sync.start(self.nc)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.accounts_sync is not None:
             await self.accounts_sync.stop()
         if self.replicator is not None:
@@ -247,7 +249,10 @@ class Federation:
 
     async def _on_disconnected(self) -> None:
         self.metrics.nats_connected.set(0)
-        log.warning("disconnected from NATS; reconnecting")
+        if self._stopping:
+            log.info("disconnected from NATS (stopping)")
+        else:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self.metrics.nats_connected.set(1)

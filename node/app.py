@@ -125,7 +125,6 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         app["federation"] = federation
         health.node_id = hub.node_id
         health.ready = True
-        log.info("node %s ready at %s (data in %s)", hub.node_id, config.url, data_dir)
         housekeeping = asyncio.create_task(_housekeeping(accounts), name="housekeeping")
         try:
             yield
@@ -173,9 +172,11 @@ async def serve(
     sockets = getattr(site._server, "sockets", None)  # the real port when config.port is 0
     if sockets:
         port = sockets[0].getsockname()[1]
+    url = config.public_url or f"http://{config.host}:{port}"
     if not config.public_url:
-        app["federation"].urls[:] = [f"http://{config.host}:{port}"]
-    log.info("listening on %s:%d", config.host, port)
+        app["federation"].urls[:] = [url]
+    # Here, not in start-up: with --port 0 only the listener knows the real port.
+    log.info("node %s ready at %s (data in %s)", app[HEALTH].node_id, url, config.data_dir)
     # Tests and scripts read this line to learn the port: keep its shape.
     print(f"yanzi node listening on http://{config.host}:{port}", flush=True)
     try:

@@ -179,6 +179,17 @@ def test_backup_into_a_non_empty_folder_is_refused_cleanly(tmp_path: Path) -> No
     assert (dest / "lmdb" / "something").read_text() == "keep me"
 
 
+@pytest.mark.integration
+def test_start_and_clean_stop_log_the_real_url_and_no_nats_warning(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data").start()  # --port 0: the OS picks the port
+    assert node.stop() == 0
+    log = node.read_log()
+    assert f"ready at {node.url} (data in" in log and ":0 " not in log
+    # A clean stop drains NATS on purpose: no "disconnected; reconnecting" warning.
+    assert "disconnected from NATS (stopping)" in log
+    assert "reconnecting" not in log
+
+
 def test_help_lists_the_commands() -> None:
     result = yanzi("--help")
     assert result.returncode == 0
