@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
 import shutil
 import signal
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 from federation.errors import NatsServerError
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LISTENING = re.compile(rb"Listening for client connections on ([\d.:\[\]a-f]+):(\d+)")
 
 
@@ -79,6 +82,35 @@ class NatsServerConfig:
         return "\n".join(lines) + "\n"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the node dies, even by kill -9
+    (otherwise every crashed node leaves its nats-server behind, holding the port)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def _end_stale_server(pid_file: Path, conf: Path) -> None:
+    """A server that outlived a previous run of this node (a crash on a platform without
+    PR_SET_PDEATHSIG) would hold the port: end it, but only if it is really our nats-server."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if not (cmdline and cmdline[0].endswith(b"nats-server") and str(conf).encode() in cmdline):
+        return
+    log.warning("ending nats-server pid %d left over from a previous run", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 class EmbeddedNats:
     """Owns one nats-server child process and the task that restarts it."""
 
@@ -108,7 +140,9 @@ class EmbeddedNats:
     async def _spawn(self, timeout: float) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         conf = self.work_dir / "nats-server.conf"
-        conf.write_text(self.config.render(self.port))
+        pid_file = self.work_dir / "nats-server.pid"
+        await _end_stale_server(pid_file, conf)
+        conf.write_text(self.config.render(self.port) + f'pid_file: "{pid_file}"\n')
         self._proc = await asyncio.create_subprocess_exec(
             nats_server_binary(),
             "-c",
@@ -116,6 +150,7 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the child directly
+            preexec_fn=_die_with_parent,
         )
         try:
             self.port = await asyncio.wait_for(self._await_listening(), timeout)
