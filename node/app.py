@@ -62,7 +62,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds hashes and ciphertext
         key = load_or_create_key(data_dir)
         store = Store(
             data_dir / "lmdb",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -48,8 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that write a data dir (or a copy of one): password and token hashes, ciphertext,
+# keys. Everything they create is owner-only (dirs 0700, files 0600), LMDB's files included.
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("up", "backup", "restore"):
+        os.umask(PRIVATE_UMASK)
     try:
         if args.command == "up":
             return _up(args)
@@ -134,6 +142,7 @@ def _restore(src: Path, data_dir: Path) -> int:
         return 1
     (data_dir / "lmdb").mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "lmdb" / "data.mdb", data_dir / "lmdb" / "data.mdb")
+    (data_dir / "lmdb" / "data.mdb").chmod(0o600)  # copy2 copies the backup's mode bits
     for name in BACKUP_FILES:
         if (src / name).exists():
             shutil.copy2(src / name, data_dir / name)

@@ -190,6 +190,30 @@ def test_start_and_clean_stop_log_the_real_url_and_no_nats_warning(tmp_path: Pat
     assert "reconnecting" not in log
 
 
+def _loose(path: Path) -> list[str]:
+    """Everything under `path` (itself included) that its group or others can use."""
+    found = [path, *path.rglob("*")]
+    return [f"{p} {p.stat().st_mode & 0o777:o}" for p in found if p.stat().st_mode & 0o077]
+
+
+@pytest.mark.integration
+def test_data_dir_backup_and_restore_are_private_to_the_owner(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # the usual umask, inherited by the node: files would be 0644
+    try:
+        data = tmp_path / "data"
+        with NodeProcess(data):
+            pass
+        assert (data / "lmdb" / "data.mdb").exists() and (data / "audit.log").exists()
+        assert _loose(data) == []
+        assert yanzi("backup", tmp_path / "backup", "--data-dir", data).returncode == 0
+        assert _loose(tmp_path / "backup") == []
+        (tmp_path / "backup" / "lmdb" / "data.mdb").chmod(0o644)  # e.g. an older backup
+        assert yanzi("restore", tmp_path / "backup", "--data-dir", tmp_path / "r").returncode == 0
+        assert _loose(tmp_path / "r") == []
+    finally:
+        os.umask(old)
+
+
 def test_help_lists_the_commands() -> None:
     result = yanzi("--help")
     assert result.returncode == 0
