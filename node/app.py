@@ -94,6 +94,8 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
             max_group_members=config.max_group_members,
         )
         await asyncio.to_thread(hub.load)
+        # Every new op this node accepts from a client, whichever endpoint, once (not retries).
+        hub.on_local_op.append(lambda op: metrics.sends.labels(op.kind).inc())
         sessions.contacts = hub.contacts
         metrics.lmdb_size.set_function(store.size_bytes)
         metrics.ops_stored.set_function(lambda: sum(len(log) for log in hub.logs.values()))

@@ -7,6 +7,7 @@ with the status from the error catalogue (node.errors).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -278,6 +279,7 @@ class HttpApi:
 
     async def post_op(self, request: web.Request) -> web.Response:
         """The HTTP form of the WebSocket `send` frame (for bots and clients without a socket)."""
+        started = time.perf_counter()
         who, _ = self._who(request)
         body = await self._body(request)
         if "type" in body or "id" in body:
@@ -287,7 +289,7 @@ class HttpApi:
         if not self.sessions.allow(who.user, who.device):
             raise ClientError("rate_limited", f"more than {self.config.rate_per_s:g} sends/s")
         ack = await self.hub.submit(who, event)
-        self.metrics.sends.labels(event.kind).inc()
+        self.metrics.ack_latency.observe(time.perf_counter() - started)
         frame = ack.to_json(None)
         del frame["type"]
         return _json(frame)

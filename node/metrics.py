@@ -21,13 +21,24 @@ class Metrics:
             "yanzi_frames_in_total", "Client frames received", ["type"], registry=r
         )
         self.frames_out = Counter("yanzi_frames_out_total", "Frames sent to clients", registry=r)
-        self.sends = Counter("yanzi_sends_total", "Ops accepted from clients", ["kind"], registry=r)
+        self.sends = Counter(
+            "yanzi_sends_total",
+            "New ops this node accepted from its clients (WebSocket, POST /v1/ops, /v1/direct);"
+            " retried cmids are not counted again",
+            ["kind"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "yanzi_deliveries_total", "Live op frames queued to sessions", registry=r
         )
+        self.notices = Counter(
+            "yanzi_notice_deliveries_total",
+            "Read, typing and presence frames queued to sessions",
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "yanzi_ack_latency_seconds",
-            "From a send frame's arrival to its durable ack",
+            "From a send (frame or POST /v1/ops) to its durable ack",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

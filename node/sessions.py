@@ -26,6 +26,10 @@ CLOSE_IDLE = 4010
 CLOSE_LOGGED_OUT = 4011
 
 _ids = itertools.count(1)
+# How node.protocol.encode starts an `op` frame ({"type": "op", "op": ...}): deliver() tells op
+# frames (yanzi_deliveries_total) from read/typing/presence ones by it, without widening the
+# hub's Fanout port.
+OP_FRAME_PREFIX = '{"type":"op",'
 
 
 class TokenBucket:
@@ -167,14 +171,18 @@ class Sessions:
         return user in self.by_user
 
     def deliver(self, users: Iterable[str], frame: str) -> None:
+        queued = 0
         for user in users:
             for session in tuple(self.by_user.get(user, ())):
                 was_slow = session.slow
                 if session.push(frame):
-                    self.metrics.deliveries.inc()
+                    queued += 1
                 elif session.slow and not was_slow:  # count and log the close once
                     self.metrics.slow_consumers.inc()
                     log.warning("session %d of %s closed: slow consumer", session.id, user)
+        if queued:  # one inc per fan-out, not per session: each takes the counter's lock
+            op = frame.startswith(OP_FRAME_PREFIX)
+            (self.metrics.deliveries if op else self.metrics.notices).inc(queued)
 
     def allow(self, user: str, device: str) -> bool:
         """Per-device rate limit, shared by all of that device's sessions."""

@@ -215,7 +215,6 @@ class WsEndpoint:
     ) -> None:
         try:
             ack = await self.hub.submit(who, event)
-            self.metrics.sends.labels(event.kind).inc()
             self.metrics.ack_latency.observe(time.perf_counter() - started)
             session.push(encode(ack.to_json(event.id)))
         except ClientError as err:

@@ -135,6 +135,34 @@ async def test_idle_timeout_counts_client_frames_not_pongs(
         await asyncio.sleep(0.3)
 
 
+async def test_metrics_count_each_new_op_once_from_every_endpoint(api: Api) -> None:
+    alice, _ = await api.users("alice", "bob")
+    a = await api.ws(alice)
+
+    async def counts() -> tuple[float, float, float]:
+        return (
+            await api.metric("yanzi_sends_total"),
+            await api.metric("yanzi_ack_latency_seconds_count"),
+            await api.metric("yanzi_deliveries_total"),
+        )
+
+    conv = await api.direct(alice, "bob")  # a create, through POST /v1/direct
+    await a.expect_op(conv)
+    assert (await counts())[0] == 1
+    await api.message(alice, conv, "over http", cmid="h1")
+    await a.expect_op(conv, "over http")
+    await a.message(conv, "over ws", cmid="w1")
+    sends, acks, deliveries = await counts()
+    assert sends == 3 and acks == 2  # both sends timed, HTTP included
+    assert deliveries == 3  # op frames only (alice's one session); bob is offline
+    # Retries are acked (and timed) again but are no new op: not a send, nothing delivered.
+    await api.message(alice, conv, "over http", cmid="h1")
+    await a.message(conv, "over ws", cmid="w1")
+    await a.send({"type": "typing", "conv": conv, "active": True})
+    assert await a.request({"type": "ping"})
+    assert await counts() == (3, 4, 3)
+
+
 async def test_history_pages_backwards(api: Api) -> None:
     alice, bob = await api.users("alice", "bob")
     conv = await api.direct(alice, "bob")

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from node.metrics import Metrics
+from node.protocol import encode
 from node.sessions import (
     CLOSE_GOING_AWAY,
     CLOSE_SLOW_CONSUMER,
@@ -173,10 +174,15 @@ def test_deliver_reaches_every_session_of_every_user_and_counts() -> None:
     for s in (a1, a2, b):
         sessions.add(s)
     assert len(sessions) == 3 and sessions.online("alice")
-    sessions.deliver(["alice", "bob", "nobody"], "frame")
-    assert [s.queue.get_nowait() for s in (a1, a2, b)] == ["frame"] * 3
+    op_frame = encode({"type": "op", "op": {"content": {}}})
+    sessions.deliver(["alice", "bob", "nobody"], op_frame)
+    assert [s.queue.get_nowait() for s in (a1, a2, b)] == [op_frame] * 3
     assert metric(metrics, "yanzi_deliveries_total") == 3
     assert metric(metrics, "yanzi_connections") == 3
+    # Read markers, typing and presence are not op deliveries: they have their own counter.
+    sessions.deliver(["alice"], encode({"type": "typing", "conv": "c", "user": "bob"}))
+    assert metric(metrics, "yanzi_deliveries_total") == 3
+    assert metric(metrics, "yanzi_notice_deliveries_total") == 2
 
 
 def test_a_slow_session_is_counted_once_and_others_keep_receiving() -> None:
