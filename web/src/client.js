@@ -1018,7 +1018,9 @@ export class Client {
     const tag = [body.chain, author, device].join('\u0000');
     if (this.answered.has(tag)) return;
     await this.ensureComplete(conv);
-    if (!this.logs.get(conv)?.state.members.has(author)) return;
+    // Only a user who was a member when the chain started and still is: a member added later
+    // must not read what was said before (docs/e2ee.md §6).
+    if (!(chain.members ?? []).includes(author) || !this.logs.get(conv)?.state.members.has(author)) return;
     const d = await this.signer(op);
     if (!d || !d.trusted) return; // §2: no chain keys for an untrusted device
     this.answered.add(tag);
@@ -1027,10 +1029,17 @@ export class Client {
 
   // -- ops out ----------------------------------------------------------------------------------
 
+  /** Random bytes are drawn synchronously (tweetnacl's PRNG); on a mini-program they come from an
+   * entropy pool filled asynchronously, so wait for enough of them first. */
+  async entropy(bytes) {
+    if (typeof this.transport.ready === 'function') await this.transport.ready(bytes);
+  }
+
   /** Sign and send one op until acknowledged (WebSocket, or POST /v1/ops when offline). */
-  submit({ conv, kind, target = '', attrs = {}, body = '', cmid }) {
+  async submit({ conv, kind, target = '', attrs = {}, body = '', cmid }) {
     const me = this.session?.user;
-    if (!me) return Promise.reject(new YanziError('not_logged_in', 'log in first'));
+    if (!me) throw new YanziError('not_logged_in', 'log in first');
+    if (!cmid) await this.entropy();
     const content = buildContent({ conv, kind, author: me, device: this.session.device ?? this.keys.device, target, attrs, body });
     const dsig = signContent(content, b64decode(this.keys.sign.sk));
     const frame = { type: 'send', cmid: cmid ?? 'c-' + randomId(16), conv, kind, target, attrs, body, dsig };
@@ -1100,6 +1109,7 @@ export class Client {
     const bytes = utf8Encode(String(text));
     if (!this.e2ee) return b64encode(bytes);
     const chain = await this.outboundChain(conv);
+    await this.entropy();
     const body = e2ee.sealWithChain(chain, conv, bytes);
     await this.persistNow('e2ee'); // never reuse an index after a crash
     return b64encode(body);
@@ -1119,8 +1129,9 @@ export class Client {
     const me = this.session.user;
     const myDevice = this.keys.device;
     if (e2ee.needsRotation(chain, { nowMs: this.now(), epoch: state.membershipEpoch })) {
-      if (chain) this.keyring.past[chain.chain] = { conv, chain: chain.chain, ck0: chain.ck0 };
-      chain = e2ee.newOutboundChain(conv, this.now(), state.membershipEpoch);
+      await this.entropy();
+      if (chain) this.keyring.past[chain.chain] = { conv, chain: chain.chain, ck0: chain.ck0, members: chain.members ?? [] };
+      chain = e2ee.newOutboundChain(conv, this.now(), state.membershipEpoch, [...state.members.keys()]);
       this.keyring.out[conv] = chain;
       this.keyring.in[this.inboundKey(me, myDevice, conv, chain.chain)] = { s: 0, ck: chain.ck0 };
       await this.persistNow('e2ee');
@@ -1143,6 +1154,7 @@ export class Client {
 
   /** Send key_share op(s) for `chain` to `recipients` (acknowledged before returning). */
   async shareChain(conv, chain, recipients, { start, ck }) {
+    await this.entropy(24 * recipients.length + 1024);
     const bodies = e2ee.sealShares({
       conv, chainId: chain.chain, start, ck: b64decode(ck), senderUser: this.session.user, senderDevice: this.keys.device,
       recipients, boxSecretKey: b64decode(this.keys.box.sk),
@@ -1172,6 +1184,7 @@ export class Client {
 
   async createGroup(title, members = []) {
     await this.loaded;
+    await this.entropy();
     const conv = 'g_' + randomId(16);
     const others = sortedUnique(members.filter((u) => u !== this.session.user));
     const attrs = { type: 'group', members: others };

@@ -165,7 +165,7 @@ export function chainKeyAt(start, ckStart, idx) {
 }
 
 /** A new outbound chain (rotation): 16-byte id, random CK_0, index 0. Plain JSON for storage. */
-export function newOutboundChain(conv, nowMs, epoch, randomBytes = nacl.randomBytes) {
+export function newOutboundChain(conv, nowMs, epoch, members = [], randomBytes = nacl.randomBytes) {
   const chain = b64encode(randomBytes(CHAIN_ID_BYTES));
   const ck0 = b64encode(randomBytes(KEY_BYTES));
   return {
@@ -176,6 +176,7 @@ export function newOutboundChain(conv, nowMs, epoch, randomBytes = nacl.randomBy
     ck: ck0, // CK_index (earlier ones are erased)
     createdMs: nowMs,
     epoch, // the last membership op seen when the chain started: rotate when it changes
+    members: [...members].sort(compareCodePoints), // who may ask for the chain later (§6)
     sharedWith: [], // "user\u0000device" entries that hold a share of this chain
   };
 }

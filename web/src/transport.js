@@ -98,9 +98,9 @@ export class EntropyPool {
     return this.refilling;
   }
 
-  /** Resolves once the pool holds at least `lowWater` bytes. */
-  async ready() {
-    while (this.pool.length < this.lowWater) await this.refill();
+  /** Resolves once the pool holds at least `min` (default: the low-water mark) bytes. */
+  async ready(min = this.lowWater) {
+    while (this.pool.length < min) await this.refill();
   }
 
   /** Fill `out` from the pool (synchronously); throws if the pool cannot cover it. */
@@ -138,7 +138,7 @@ function wxRandom(wx) {
  * Call `await transport.ready()` (the Client does) before generating keys or sending.
  */
 export class WxTransport {
-  constructor(wx, { installPrng = true, poolSize = 4096 } = {}) {
+  constructor(wx, { installPrng = true, poolSize = 16384 } = {}) {
     if (!wx || typeof wx.connectSocket !== 'function' || typeof wx.request !== 'function') {
       throw new TransportError('WxTransport needs the wx object (wx.connectSocket, wx.request)');
     }
@@ -155,8 +155,10 @@ export class WxTransport {
     }
   }
 
-  ready() {
-    return this.pool.ready();
+  /** Wait until the entropy pool holds `minBytes` (default a quarter of the pool). The Client
+   * awaits this before every operation that draws random bytes. */
+  ready(minBytes) {
+    return this.pool.ready(minBytes);
   }
 
   openSocket(url, handlers) {

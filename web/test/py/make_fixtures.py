@@ -79,23 +79,27 @@ def canonical_fixtures() -> dict[str, object]:
     return {
         "matrix": [{"input": i, "canonical": c} for i, c in MATRIX_CANONICAL_EXAMPLES],
         "values": [
-            {"value_json": json.dumps(v, ensure_ascii=True), "canonical": canonical_json(v).decode()}
+            {
+                "value_json": json.dumps(v, ensure_ascii=True),
+                "canonical": canonical_json(v).decode(),
+            }
             for v in values
         ],
         "base64": [{"raw": r, "encoded": e} for r, e in MATRIX_UNPADDED_BASE64],
         "sha256": [
             {"input": b64encode(d), "digest": hashlib.sha256(d).hexdigest()} for d in digests
         ],
-        "b64_bytes": [
-            {"raw": b64encode(d), "hex": d.hex()} for d in digests
-        ],
+        "b64_bytes": [{"raw": b64encode(d), "hex": d.hex()} for d in digests],
     }
 
 
 def op_fixtures() -> dict[str, object]:
     """A group conversation across two origins with every kind of op and the conflicts of
     docs/crdt.md §6, the Python view bytes, and the cursor after holding all of it."""
-    keys = {u: SigningKey(hashlib.sha256(f"{u}-dev".encode()).digest()) for u in ("alice", "bob", "carol", "dave")}
+    keys = {
+        u: SigningKey(hashlib.sha256(f"{u}-dev".encode()).digest())
+        for u in ("alice", "bob", "carol", "dave")
+    }
     n1 = SigningKey(bytes(range(32, 64)))
     n2 = SigningKey(hashlib.sha256(b"node-2").digest())
     o1, o2 = node_id_for(n1.verify_key), node_id_for(n2.verify_key)
@@ -103,21 +107,29 @@ def op_fixtures() -> dict[str, object]:
     conv = "g_fixture-1"
     ops: list[Op] = []
 
-    def stamp(author: str, kind: str, l: int, origin: str, *, target: str = "", attrs=None, body=b"") -> Op:
+    def stamp(
+        author: str, kind: str, ms: int, origin: str, *, target: str = "", attrs=None, body=b""
+    ) -> Op:
         content = Content(
             conv=conv, kind=kind, author=author, device=f"{author}-dev",
             target=target, attrs=attrs or {}, body=body,
         )  # fmt: skip
         seqs[origin] += 1
         op = Op(
-            content=content, hlc=Timestamp(l, 0), dot=Dot(origin, seqs[origin]),
+            content=content, hlc=Timestamp(ms, 0), dot=Dot(origin, seqs[origin]),
             dsig=sign_content(content, keys[author]),
         )  # fmt: skip
         op = sign_envelope(op, n1 if origin == o1 else n2)
         ops.append(op)
         return op
 
-    stamp("alice", "create", 1000, o1, attrs={"type": "group", "members": ["bob", "carol"], "title": "Trip"})
+    stamp(
+        "alice",
+        "create",
+        1000,
+        o1,
+        attrs={"type": "group", "members": ["bob", "carol"], "title": "Trip"},
+    )
     m1 = stamp("alice", "message", 1010, o1, body="hi 日本 😀".encode())
     m2 = stamp("bob", "message", 1020, o1, body=b"draft plan")
     r1 = stamp("carol", "react", 1100, o2, target=m1.op_id, attrs={"key": "👍"})
@@ -139,7 +151,14 @@ def op_fixtures() -> dict[str, object]:
     r3 = stamp("dave", "react", 2111, o1, target=m5.op_id, attrs={"key": "+1"})
     stamp("dave", "unreact", 2112, o1, target=m5.op_id, attrs={"removes": [r3.op_id, r3.op_id]})
     stamp("alice", "key_share", 2120, o1, body=b'{"v":1}')
-    stamp("bob", "react", 2130, o2, target="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", attrs={"key": "x"})
+    stamp(
+        "bob",
+        "react",
+        2130,
+        o2,
+        target="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        attrs={"key": "x"},
+    )
 
     log = MessageLog(conv)
     for op in ops:
