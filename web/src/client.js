@@ -414,7 +414,10 @@ export class Client {
 
   /** Mini-program onHide: close the socket and stop reconnecting; state and cursor are kept. */
   onHide() {
+    this.hidden = true;
     this.want = false;
+    this.clearTimer(this.reconnectTimer);
+    this.reconnectTimer = null;
     this.dropSocket(1000, 'hidden');
     this.setState();
     this.persist().catch((err) => this.emit('error', err));
@@ -423,9 +426,10 @@ export class Client {
   /** Mini-program onShow: reconnect and catch up the gap over HTTP (retrying with backoff). */
   onShow() {
     if (this.closed) return Promise.resolve();
+    this.hidden = false;
     return this.connect().catch((err) => {
       this.emit('error', err);
-      if (!this.closed && err.code !== 'auth_failed' && err.code !== 'token_expired' && err.code !== 'not_logged_in') {
+      if (!this.closed && !this.hidden && err.code !== 'closed' && err.code !== 'auth_failed' && err.code !== 'token_expired' && err.code !== 'not_logged_in') {
         this.want = true;
         this.scheduleReconnect();
       }
@@ -444,11 +448,13 @@ export class Client {
       const fail = (err) => {
         if (settled) return;
         settled = true;
+        if (this.abortOpen === fail) this.abortOpen = null;
         this.clearTimer(readyTimer);
         if (this.sock?.gen === gen) this.dropSocket(4000, 'open failed');
         reject(err);
       };
       const readyTimer = this.timer(() => fail(new YanziTimeout('no ready frame in time')), this.options.readyTimeoutMs);
+      this.abortOpen = fail;
       const handlers = {
         onOpen: () => {
           if (gen !== this.gen) return;
@@ -465,6 +471,7 @@ export class Client {
           if (!settled) {
             if (frame.type === 'ready') {
               settled = true;
+              this.abortOpen = null;
               this.clearTimer(readyTimer);
               this.onReady(frame);
               resolve(frame);
@@ -514,6 +521,9 @@ export class Client {
   }
 
   dropSocket(code, reason) {
+    const abort = this.abortOpen;
+    this.abortOpen = null;
+    abort?.(new YanziError('closed', `the connection was closed while opening (${reason})`));
     const sock = this.sock;
     this.sock = null;
     this.gen++;
@@ -1178,7 +1188,7 @@ export class Client {
     const conv = directConvId(me, user);
     const content = buildContent({ conv, kind: 'create', author: me, device: this.keys.device, attrs: { type: 'direct', members: [user] } });
     const data = await this.http('POST', '/v1/direct', { user, dsig: signContent(content, b64decode(this.keys.sign.sk)) });
-    if (this.e2ee) this.directory.refresh(user).catch((err) => this.emit('error', err));
+    if (this.e2ee) await this.directory.refresh(user, { maxAgeMs: this.options.deviceRefreshMs }).catch((err) => this.emit('error', err));
     return data.conv;
   }
 

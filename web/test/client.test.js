@@ -188,3 +188,28 @@ test('live ops are de-duplicated by op id and advance the persisted cursor; a ga
   assert.deepEqual(c.syncCursor, { g_1: { [origin]: 2 } }, 'the cursor does not pass the gap');
   await c.close();
 });
+
+test('close() during connect rejects connect(); onHide during onShow does not reconnect behind it', async () => {
+  const t = new ScriptedTransport();
+  const c = await loggedIn(t);
+  const connecting = c.connect();
+  await eventually(() => t.last?.sent.length, { what: 'auth sent' });
+  await c.close();
+  await assert.rejects(connecting, (e) => e.code === 'closed');
+
+  const t2 = new ScriptedTransport();
+  const mini = await loggedIn(t2, { backoffBaseMs: 1, backoffMaxMs: 2 });
+  const showing = mini.onShow();
+  await eventually(() => t2.last?.sent.length, { what: 'auth sent' });
+  mini.onHide(); // the app went to the background before the node answered
+  await showing;
+  assert.equal(mini.connected, false);
+  const sockets = t2.sockets.length;
+  await new Promise((r) => setTimeout(r, 30)); // several backoff periods: nothing may reopen
+  assert.equal(t2.sockets.length, sockets);
+  const again = mini.onShow();
+  await t2.answerReady();
+  await again;
+  assert.equal(mini.connected, true);
+  await mini.close();
+});
