@@ -7,10 +7,14 @@ exact catch-up and automatic reconnect. See docs/protocol.md for the wire protoc
         await client.connect()
         conv = await client.direct("bob")
         await client.send(conv, "hi")
+
+In a mesh, `Client(url, ..., edges="auto")` connects to the nearest edge and fails over to the
+next one when it drops (see yanzi.edges); `client.edge` is the base URL in use.
 """
 
 from yanzi.client import Client, new_cmid
 from yanzi.config import ClientConfig
+from yanzi.edges import Edge
 from yanzi.errors import (
     AckTimeout,
     ConnectionLost,
@@ -30,6 +34,7 @@ from yanzi.events import (
     Connected,
     Conversation,
     Disconnected,
+    EdgeChanged,
     Event,
     HistoryPage,
     Message,
@@ -53,6 +58,8 @@ __all__ = [
     "ConnectionLost",
     "Conversation",
     "Disconnected",
+    "Edge",
+    "EdgeChanged",
     "Event",
     "EventStream",
     "HistoryPage",

@@ -6,20 +6,29 @@ persisted cursor, paging until `more` is false). The socket is authenticated *be
 catch-up starts, so an op is either already stored when the catch-up reads, or delivered live:
 nothing falls between the two, and the overlap is de-duplicated by op id (`SyncState`).
 
+Edges (`edges="auto"` or a list of base URLs; yanzi.edges): on connect the client measures the
+round trip to each edge of the mesh and connects to the nearest; when the socket drops it
+reconnects to the next edge in that order; every `edge_refresh_s` it measures again and moves
+to a clearly nearer edge. The token and the cursor are the same at every edge, so a move is just
+a reconnect: HTTP catch-up from the cursor, then live.
+
 Tasks: every background task has an owner that cancels and awaits it in `close()`: the client
-owns the catch-up worker and the cursor writer, and its `Link` (yanzi.link) owns the socket's
-supervisor (reads frames, reconnects with backoff). Nothing is fire-and-forget.
+owns the catch-up worker, the cursor writer and the edge re-measurer, and its `Link`
+(yanzi.link) owns the socket's supervisor (reads frames, reconnects with backoff). Nothing is
+fire-and-forget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import random
 import secrets
-from collections.abc import Coroutine, Iterable, Mapping
+import time
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +45,16 @@ from crdt import (
 )
 from yanzi.config import Backoff, ClientConfig
 from yanzi.cursor import SyncState
+from yanzi.edges import (
+    Clock,
+    Edge,
+    EdgeRouter,
+    EdgesOption,
+    HttpEdgeSource,
+    check_edges_option,
+    normalize_url,
+    should_move,
+)
 from yanzi.errors import (
     AckTimeout,
     ConnectionLost,
@@ -53,6 +72,7 @@ from yanzi.events import (
     Connected,
     Conversation,
     Disconnected,
+    EdgeChanged,
     Event,
     HistoryPage,
     Message,
@@ -95,7 +115,12 @@ def _as_bytes(body: bytes | str) -> bytes:
 
 
 class Client:
-    """An async Yanzi client for one device (one keystore). Use as `async with Client(...)`."""
+    """An async Yanzi client for one device (one keystore). Use as `async with Client(...)`.
+
+    `edges`: None talks to `base_url` only; "auto" learns the mesh's edges from `GET /v1/edges`
+    (of `base_url`, or of any edge known from before) and connects to the nearest, failing over
+    to the next; a list of base URLs does the same among exactly those. `clock` (seconds,
+    monotonic) times the round trips."""
 
     def __init__(
         self,
@@ -104,16 +129,35 @@ class Client:
         keystore_path: str | os.PathLike[str],
         config: ClientConfig | None = None,
         rng: random.Random | None = None,
+        edges: EdgesOption = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         ws_url(base_url)  # validates the scheme early
         self.base_url = base_url.rstrip("/")
         self.config = config or ClientConfig()
         self._rng = rng or random.Random()
         self._backoff = Backoff(self.config.backoff_base_s, self.config.backoff_max_s)
+        mode = check_edges_option(edges)
         self.keystore = Keystore.open(keystore_path)
         self._sync = SyncState(self.keystore.cursor)
         self._http: aiohttp.ClientSession | None = None
-        self._api: HttpApi | None = None
+        self._apis: dict[str, HttpApi] = {}
+        self._edge = self.base_url  # where HTTP requests and the next connect go
+        self._router: EdgeRouter | None = None
+        if mode is not None:
+            self._router = EdgeRouter(
+                mode=mode,
+                seed=self.base_url,
+                source=HttpEdgeSource(self._api_at),
+                clock=clock,
+                samples=self.config.edge_probe_samples,
+                timeout_s=self.config.edge_probe_timeout_s,
+                max_age_s=self.config.edge_refresh_s,
+            )
+        # The edge of the last connection; EdgeChanged fires when a connection lands elsewhere.
+        # With edges on, the first pick is reported too (old=None).
+        self._connected_edge: str | None = None if self._router else self.base_url
+        self._edge_lock = asyncio.Lock()  # one connect / move / re-measure at a time
         self._link = Link(
             api=self._http_api,
             token=self._token,
@@ -142,6 +186,16 @@ class Client:
     @property
     def connected(self) -> bool:
         return self._link.connected
+
+    @property
+    def edge(self) -> str:
+        """The base URL this client talks to now (or is reconnecting to)."""
+        return self._edge
+
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        """The edges measured last, nearest first (empty without `edges=` or before connect)."""
+        return () if self._router is None else self._router.order
 
     @property
     def cursor(self) -> dict[str, dict[str, int]]:
@@ -192,39 +246,64 @@ class Client:
 
     async def connect(self) -> None:
         """Open the WebSocket, authenticate, catch up over HTTP from the cursor, then stay live
-        (reconnecting by itself) until `disconnect()` or `close()`."""
+        (reconnecting by itself) until `disconnect()` or `close()`.
+
+        With `edges=`, first pick the edge: the nearest by a fresh measurement, or the edge of
+        the last connection while the measurement is younger than `edge_refresh_s`; an edge
+        that cannot be reached is skipped for the next one."""
         if self._closed:
             raise YanziError("this client is closed")
         self._start_workers()
-        if not await self._link.open():
-            return  # already connected (or reconnecting)
-        try:
-            await self._catch_up()
-        except BaseException:
-            await self.disconnect()
-            raise
+        async with self._edge_lock:
+            if self._link.running:
+                return  # already connected (or reconnecting)
+            await self._open_first(await self._connect_order())
+        await self._catch_up_or_disconnect()
 
     async def disconnect(self) -> None:
         """Close the socket and stop reconnecting; local state and the cursor are kept, so a
         later `connect()` resumes exactly (a mini-program's onHide/onShow)."""
-        await self._link.close()
+        async with self._edge_lock:
+            await self._link.close()
+
+    async def move_to(self, url: str) -> None:
+        """Move to the edge at base URL `url` now: close the socket here, connect there and
+        catch up from the cursor (exactly the gap). If `url` cannot be reached, the client goes
+        back to the edge it was on (when it was connected) and the error is raised."""
+        url = normalize_url(url)
+        if self._closed:
+            raise YanziError("this client is closed")
+        self._start_workers()
+        async with self._edge_lock:
+            moved = await self._move(url)
+        if moved:
+            await self._catch_up_or_disconnect()
+
+    async def refresh_edges(self) -> tuple[Edge, ...]:
+        """Measure the edges again now (e.g. after the device changed networks) and return
+        them nearest first; the connection moves only on the next re-measure or failover."""
+        if self._router is None:
+            raise InvalidRequest("this client was made without edges=")
+        return await self._router.refresh(prefer=(self._edge,))
 
     async def close(self) -> None:
-        """Disconnect, stop every background task, write the cursor and end event streams."""
+        """Stop every background task, disconnect, write the cursor and end event streams."""
         if self._closed:
             return
         self._closed = True
         try:
-            await self.disconnect()
+            # Workers first: the edge re-measurer could otherwise reopen a socket behind us.
             workers, self._workers = self._workers, []
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self.disconnect()
             await self._persist()
         finally:
             if self._http is not None:
                 await self._http.close()
-                self._http = self._api = None
+                self._http = None
+                self._apis.clear()
             for stream in self._streams:
                 stream._end()
             self._streams.clear()
@@ -472,12 +551,22 @@ class Client:
     # -- LinkHandler: what the socket reports --------------------------------------------------
 
     def link_up(self, ready: Ready, *, reconnected: bool) -> None:
+        if self._edge != self._connected_edge:
+            old, self._connected_edge = self._connected_edge, self._edge
+            log.info("now on edge %s (node %s), was %s", self._edge, ready.node, old)
+            self._emit(EdgeChanged(old, self._edge))
         self._emit(Connected(ready.user, ready.device, ready.node, ready.session))
         if reconnected:
             self._request_sync()  # the gap since the drop comes over HTTP
 
     def link_down(self, event: Disconnected) -> None:
         self._emit(event)
+
+    def link_reconnecting(self, attempt: int) -> None:
+        """Failover: every reconnect attempt goes to the next edge in RTT order, round and
+        round, so a dead node costs one attempt and a dead mesh is retried with backoff."""
+        if self._router is not None:
+            self._edge = self._router.next_after(self._edge) or self._edge
 
     def link_frame(self, frame: ServerFrame) -> None:
         if isinstance(frame, OpFrame):
@@ -575,6 +664,95 @@ class Client:
                 await asyncio.wait({write})
                 raise
 
+    # -- edges --------------------------------------------------------------------------------
+
+    async def _connect_order(self) -> list[str]:
+        """Where connect() tries, in turn: the nearest edges by a fresh measurement, or (while
+        the last one is fresh) the edge of the last connection first."""
+        router = self._router
+        if router is None:
+            return [self._edge]
+        if not router.fresh():
+            order = await router.refresh(prefer=(self._edge,))
+            return [edge.url for edge in order]
+        return [self._edge, *router.urls]
+
+    async def _open_first(self, urls: Sequence[str]) -> None:
+        """Open the link at the first of `urls` that takes us. An edge that refuses the token is
+        skipped too (a token issued a moment ago may not have reached it yet); if all fail,
+        raise the first refusal, or else the last network error."""
+        refusal: ServerError | None = None
+        failure: YanziError | None = None
+        candidates = list(dict.fromkeys(urls))
+        for url in candidates:
+            self._edge = url
+            try:
+                await self._link.open()
+                return
+            except ServerError as err:
+                refusal = refusal or err
+                failure = err
+            except (ConnectionLost, YanziTimeout, ProtocolError) as err:
+                failure = err
+            if len(candidates) > 1:
+                log.info("cannot connect to edge %s: %s", url, failure)
+        self._edge = candidates[0]
+        raise refusal or failure or ConnectionLost("no edge to connect to")
+
+    async def _move(self, url: str) -> bool:
+        """Reconnect at `url` (hold `_edge_lock`). On failure, go back to where we were (or to
+        any edge that works) if we were connected, and raise. False if already there."""
+        old = self._edge
+        was_running = self._link.running
+        if url == old and was_running:
+            return False
+        await self._link.close(f"moving to edge {url}", will_retry=True)
+        try:
+            await self._open_first([url])
+        except YanziError:
+            self._edge = old
+            if was_running:
+                with contextlib.suppress(YanziError):
+                    await self._open_first([old, *(self._router.urls if self._router else ())])
+                    self._request_sync()
+            raise
+        return True
+
+    async def _edge_worker(self, router: EdgeRouter) -> None:
+        """Every `edge_refresh_s`: measure again; move if another edge is clearly nearer."""
+        while True:
+            await asyncio.sleep(self.config.edge_refresh_s)
+            if not self._link.connected:
+                continue  # disconnected, or failing over: connect() measures when stale
+            try:
+                # Measured outside the lock: disconnect() (onHide) must not wait for probes.
+                order = await router.refresh(prefer=(self._edge,))
+            except YanziError as exc:
+                log.warning("re-measuring the edges failed: %s", exc)
+                continue
+            if not order:
+                continue
+            best = order[0]
+            if not should_move(router.get(self._edge), best, self.config.edge_move_margin_s):
+                continue
+            async with self._edge_lock:
+                if not self._link.connected or self._edge == best.url:
+                    continue
+                log.info("moving to the nearer edge %s from %s", best.url, self._edge)
+                try:
+                    await self._move(best.url)
+                except YanziError as exc:
+                    log.warning("could not move to edge %s: %s", best.url, exc)
+                    continue
+                self._request_sync()  # the gap, from the cursor, at the new edge
+
+    async def _catch_up_or_disconnect(self) -> None:
+        try:
+            await self._catch_up()
+        except BaseException:
+            await self.disconnect()
+            raise
+
     # -- plumbing -----------------------------------------------------------------------------
 
     def _start_workers(self) -> None:
@@ -583,6 +761,10 @@ class Client:
                 self._own(self._sync_worker(), "yanzi-catch-up"),
                 self._own(self._persist_worker(), "yanzi-cursor-writer"),
             ]
+            if self._router is not None and self.config.edge_refresh_s > 0:
+                self._workers.append(
+                    self._own(self._edge_worker(self._router), "yanzi-edge-measure")
+                )
 
     def _own(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Start a task the client owns (close() cancels and awaits it); log if it crashes."""
@@ -599,16 +781,24 @@ class Client:
             self._streams.remove(stream)
 
     def _http_api(self) -> HttpApi:
+        """The HTTP API of the current edge."""
+        return self._api_at(self._edge)
+
+    def _api_at(self, url: str) -> HttpApi:
         if self._closed:
             raise YanziError("this client is closed")
-        if self._api is None:
+        if self._http is None:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.config.connect_timeout_s
                 )
             )
-            self._api = HttpApi(self._http, self.base_url, timeout_s=self.config.request_timeout_s)
-        return self._api
+        api = self._apis.get(url)
+        if api is None:
+            api = self._apis[url] = HttpApi(
+                self._http, url, timeout_s=self.config.request_timeout_s
+            )
+        return api
 
     def _token(self) -> str:
         if not self.keystore.token:

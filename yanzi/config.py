@@ -31,6 +31,11 @@ class ClientConfig:
     # a number above that maximum is refused by the node with bad_request.
     sync_page: int | None = None
     persist_delay_s: float = 0.05  # coalesce cursor writes of a burst into one file write
+    # nearest edge (Client(edges=...)): RTT = median of `edge_probe_samples` GET /healthz
+    edge_probe_samples: int = 3
+    edge_probe_timeout_s: float = 2.0  # all samples of one edge; slower counts as no answer
+    edge_refresh_s: float = 300.0  # re-measure this often (0: once, on the first connect)
+    edge_move_margin_s: float = 0.015  # move to a nearer edge only if nearer by more than this
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -46,6 +51,10 @@ class ClientConfig:
             not isinstance(self.sync_page, int) or not 1 <= self.sync_page <= 10_000
         ):
             raise InvalidRequest("sync_page must be an integer from 1 to 10000")
+        if not isinstance(self.edge_probe_samples, int) or not 1 <= self.edge_probe_samples <= 15:
+            raise InvalidRequest("edge_probe_samples must be an integer from 1 to 15")
+        if self.edge_probe_timeout_s <= 0:
+            raise InvalidRequest("edge_probe_timeout_s must be > 0")
         if not isinstance(self.device_name, str) or not 0 < len(self.device_name) <= 64:
             raise InvalidRequest("device_name must be 1-64 characters")
 

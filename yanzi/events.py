@@ -159,6 +159,16 @@ class Disconnected:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeChanged:
+    """The client is connecting to a different edge (base URL) than last time: the nearest one
+    at the first connect (`old` None), the next one after a failure, a nearer one after a
+    re-measure, or one named in `move_to`. Connected and CaughtUp follow as on any reconnect."""
+
+    old: str | None
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
 class CaughtUp:
     """An HTTP catch-up finished; `new_ops` of its ops were not seen before."""
 
@@ -202,7 +212,17 @@ class ServerNotice:
     message: str
 
 
-Event = Connected | Disconnected | CaughtUp | OpReceived | Read | Typing | Presence | ServerNotice
+Event = (
+    Connected
+    | Disconnected
+    | EdgeChanged
+    | CaughtUp
+    | OpReceived
+    | Read
+    | Typing
+    | Presence
+    | ServerNotice
+)
 
 
 def _text(value: object) -> str:

@@ -3,7 +3,9 @@
 `Link` owns the socket and the task that reads it (the supervisor), matches replies to requests
 by id, and reports everything else to its `LinkHandler` (the client). When the socket drops it
 fails the requests in flight with `ConnectionLost` (their callers retry with the same cmid) and
-reconnects with exponential backoff and full jitter until `close()` or a dead token.
+reconnects with exponential backoff and full jitter until `close()` or a dead token. Before
+each attempt it tells the handler (`link_reconnecting`), which may point `api` at another edge:
+that is how the client fails over (yanzi.edges).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class LinkHandler(Protocol):
     def link_up(self, ready: Ready, *, reconnected: bool) -> None: ...
     def link_down(self, event: Disconnected) -> None: ...
     def link_frame(self, frame: ServerFrame) -> None: ...
+    def link_reconnecting(self, attempt: int) -> None: ...
 
 
 class Link:
@@ -80,6 +83,7 @@ class Link:
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
+        self._close_reason = ("disconnected by the application", False)
 
     @property
     def connected(self) -> bool:
@@ -105,10 +109,15 @@ class Link:
             self._supervisor.add_done_callback(log_crash)
             return True
 
-    async def close(self) -> None:
-        """Close the socket and stop reconnecting (cancels and awaits the supervisor)."""
+    async def close(
+        self, reason: str = "disconnected by the application", *, will_retry: bool = False
+    ) -> None:
+        """Close the socket and stop reconnecting (cancels and awaits the supervisor). The
+        Disconnected event carries `reason` and `will_retry` (True when the caller reopens at
+        once, as a move to another edge does)."""
         task, self._supervisor = self._supervisor, None
         if task is not None:
+            self._close_reason = (reason, will_retry)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
@@ -240,12 +249,15 @@ class Link:
         finally:
             if current is not None:
                 await current.close()
-            self._down(None, "disconnected by the application", will_retry=False)
+            reason, will_retry = self._close_reason
+            self._close_reason = ("disconnected by the application", False)
+            self._down(None, reason, will_retry=will_retry)
 
     async def _reconnect(self, attempt: int) -> tuple[Socket | None, int]:
         while True:
             await asyncio.sleep(self._backoff.delay(attempt, self._uniform))
             attempt += 1
+            self._handler.link_reconnecting(attempt)
             try:
                 ws, ready = await self._connect()
             except ServerError as err:

@@ -146,6 +146,19 @@ class HttpApi:
             params["limit"] = str(limit)
         return await self.call("GET", "/v1/sync", token=token, params=params)
 
+    # -- the mesh ----------------------------------------------------------------------------
+
+    async def edges(self) -> dict[str, Any]:
+        """`GET /v1/edges`: the mesh's edge nodes, their URLs and health (no token needed)."""
+        return await self.call("GET", "/v1/edges")
+
+    async def healthz(self) -> dict[str, Any]:
+        """`GET /healthz`, the cheapest round trip a node answers (RTT probes)."""
+        data = await self.call("GET", "/healthz")
+        if data.get("ok") is not True:
+            raise ProtocolError("GET /healthz did not answer ok")
+        return data
+
     # -- the long connection ------------------------------------------------------------------
 
     async def open_ws(
