@@ -25,6 +25,11 @@ CLOSE_TOO_MANY_ERRORS = 4009
 CLOSE_IDLE = 4010
 CLOSE_LOGGED_OUT = 4011
 
+# How long a closing session may take to get its last frames and close frame out. A client that
+# stopped reading keeps them behind a full socket buffer forever (and the writer blocked in
+# aiohttp's drain); after this the connection is aborted without them.
+CLOSE_GRACE_S = 2.0
+
 _ids = itertools.count(1)
 # How node.protocol.encode starts an `op` frame ({"type": "op", "op": ...}): deliver() tells op
 # frames (yanzi_deliveries_total) from read/typing/presence ones by it, without widening the
@@ -62,6 +67,7 @@ class Session:
         *,
         queue_size: int,
         token_id: str = "",
+        transport: asyncio.Transport | None = None,
     ):
         self.id = next(_ids)
         self.ws = ws
@@ -74,6 +80,8 @@ class Session:
         self.close_reason = b""
         # time.monotonic() of the last frame the client sent (protocol pings and pongs aside).
         self.last_frame = time.monotonic()
+        self.transport = transport  # the TCP connection, to abort one that will not drain
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     def push(self, frame: str) -> bool:
         if self.slow or self.close_code is not None:
@@ -86,17 +94,27 @@ class Session:
             self.close_code = CLOSE_SLOW_CONSUMER
             # Wake the writer so it closes the socket promptly; the queue holds at most a few.
             self._drain_and_stop()
+            self._abort_after_grace()
             return False
 
     def stop(self, code: int | None = None, reason: bytes = b"") -> None:
         if self.close_code is None and code is not None:
             self.close_code, self.close_reason = code, reason
+        if code is not None:
+            self._abort_after_grace()
         # What is already queued (acks, the error that explains the close) goes out before
         # the close frame; only a full queue is dropped.
         try:
             self.queue.put_nowait(None)
         except asyncio.QueueFull:
             self._drain_and_stop()
+
+    def _abort_after_grace(self) -> None:
+        """Bound the close: if the close frame has not gone out within CLOSE_GRACE_S (the
+        client stopped reading), drop the connection. Harmless once it has closed."""
+        if self.transport is not None and self._abort_timer is None:
+            loop = asyncio.get_running_loop()
+            self._abort_timer = loop.call_later(CLOSE_GRACE_S, self.transport.abort)
 
     def _drain_and_stop(self) -> None:
         while True:
@@ -123,7 +141,12 @@ class Session:
                 CLOSE_GOING_AWAY: b"server shutting down",
                 CLOSE_LOGGED_OUT: b"logged out",
             }.get(self.close_code, b"")
-            await self.ws.close(code=self.close_code, message=message)
+            try:  # the close handshake: our frame out, the client's back (aiohttp waits 10 s)
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await self.ws.close(code=self.close_code, message=message)
+            except TimeoutError:
+                if self.transport is not None:
+                    self.transport.abort()
 
 
 class Sessions:

@@ -76,7 +76,12 @@ class WsEndpoint:
         token, auth_id = authenticated
         who = Identity(user=token.user, device=token.device)
         session = Session(
-            ws, who.user, who.device, queue_size=cfg.send_queue, token_id=token.token_id
+            ws,
+            who.user,
+            who.device,
+            queue_size=cfg.send_queue,
+            token_id=token.token_id,
+            transport=request.transport,
         )
         ready: dict[str, Any] = {
             "type": "ready",

@@ -299,6 +299,36 @@ async def test_slow_consumer_is_closed_and_catches_up_over_http(nodes: Nodes, ht
     assert [text_of(op) for op in ops] == sent
 
 
+async def test_a_slow_consumer_that_never_reads_again_is_dropped_promptly(
+    nodes: Nodes, http: aiohttp.ClientSession
+) -> None:
+    node = nodes.start(
+        {"YANZI_SEND_QUEUE": "4", "YANZI_RATE_PER_S": "10000", "YANZI_RATE_BURST": "10000"}
+    )
+    api = Api(http, node)
+    alice, bob = await api.users("alice", "bob")
+    conv = await api.direct(alice, "bob")
+    slow = await RawWs.connect(node, rcvbuf=4096)  # reads the ready frame, then nothing, ever
+    await slow.send_json({"type": "auth", "token": bob.token})
+    assert (await slow.read_json())["type"] == "ready"
+    a = await api.ws(alice)
+    big = "x" * 30_000
+    for i in range(400):
+        assert (await a.message(conv, f"{i}:{big}"))["type"] == "ack"
+        if i % 10 == 9 and await api.metric("yanzi_slow_consumer_closes_total") >= 1:
+            break
+    else:
+        pytest.fail("bob never became a slow consumer")
+
+    # Its close frame sits behind a full socket buffer; the node does not wait for it forever
+    # (CLOSE_GRACE_S = 2 s): the session ends and its connection is dropped.
+    async def gone() -> bool:
+        return await api.metric("yanzi_connections") == 1
+
+    await eventually(gone, timeout=6, interval=0.2)
+    slow.close()
+
+
 async def test_sigterm_closes_sessions_with_going_away(node: NodeProcess, api: Api) -> None:
     alice, bob = await api.users("alice", "bob")
     conv = await api.direct(alice, "bob")
