@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # without the conversation; Hub.load moves its records into send_ids.
 DBS = ("ops", "send_ids", "cmids", "markers")
 DIRECT_PREFIX = "d_"
+CATCH_UP_OPS = 500  # earlier ops handed live to users who just became members via a peer
 REFUSAL_CODES = {
     "missing": "not_found",
     "forbidden": "forbidden",
@@ -465,14 +466,34 @@ class Hub:
         if fresh:
             try:
                 await self.store.commit([Put("ops", _op_key(op), op.to_bytes()) for op in fresh])
+                convs = {op.conv for op in fresh}
+                members_before = {conv: self._members.get(conv, frozenset()) for conv in convs}
                 for op in sorted(fresh, key=lambda o: o.order_key):
                     self.clock.observe(op.hlc, max(now, self.clock_ms()))
                     self._apply_and_deliver(op)
-                for conv in {op.conv for op in fresh}:
+                for conv in convs:
                     self._reindex(conv)
+                    self._catch_up_new_members(conv, members_before[conv], fresh)
             finally:
                 self._remote_pending.difference_update(op.op_id for op in fresh)
         return RemoteResult(accepted=fresh, refused=refused, duplicates=duplicates)
+
+    def _catch_up_new_members(self, conv: ConvId, before: frozenset[str], fresh: list[Op]) -> None:
+        """Hand users who just became members here the conversation's earlier ops.
+
+        Peer ops can arrive before the op that makes a local user a member (a message before
+        its conversation's create): they were applied with nobody to deliver them to. Without
+        this, a client would hold later dots only and never notice the hole until its next op.
+        At most the newest CATCH_UP_OPS are sent; a client seeing a gap before them catches up
+        over HTTP, as on any gap.
+        """
+        added = self._members.get(conv, frozenset()) - before
+        if not added:
+            return
+        sent = {op.op_id for op in fresh}
+        earlier = [op for op in self.logs[conv].ops() if op.op_id not in sent]
+        for op in earlier[-CATCH_UP_OPS:]:
+            self.fanout.deliver(added, encode({"type": "op", "op": op.to_json()}))
 
     # -- catch-up -----------------------------------------------------------------------------
 

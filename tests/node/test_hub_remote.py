@@ -1,0 +1,51 @@
+"""Hub.accept_remote: ops from peers, in any order, reach the right local sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.node.test_hub import World
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[World, World]]:
+    origin, here = World(tmp_path / "origin"), World(tmp_path / "here")
+    await origin.open()
+    await here.open()
+    yield origin, here
+    await origin.store.close()
+    await here.store.close()
+
+
+async def test_a_message_arriving_before_its_create_still_reaches_the_new_member(
+    pair: tuple[World, World],
+) -> None:
+    origin, here = pair
+    create = await origin.group("alice", "g1", "bob")
+    hello = await origin.message("alice", "g1", "hello bob")
+    # The peer's envelopes arrive out of order: the message first, with no members known yet.
+    await here.hub.accept_remote([hello])
+    assert all(not users for users, _ in here.fanout.of_type("op"))  # nobody to give it to
+    await here.hub.accept_remote([create])
+    to_bob = [frame["op"] for users, frame in here.fanout.of_type("op") if "bob" in users]
+    delivered = {op["dot"][1] for op in to_bob}
+    assert delivered == {create.dot.seq, hello.dot.seq}
+
+
+async def test_remote_duplicates_and_drift_are_reported_not_applied(
+    pair: tuple[World, World],
+) -> None:
+    origin, here = pair
+    create = await origin.group("alice", "g1", "bob")
+    first = await here.hub.accept_remote([create, create])
+    assert first.accepted == [create] and first.duplicates == 1
+    again = await here.hub.accept_remote([create])
+    assert again.accepted == [] and again.duplicates == 1
+    origin.clock.now += 3_600_000  # an hour ahead of `here`
+    future = await origin.message("alice", "g1", "from the future")
+    result = await here.hub.accept_remote([future])
+    assert result.accepted == [] and "ahead" in result.refused[0][1]
+    assert future.op_id not in here.hub.logs["g1"]  # type: ignore[index]
