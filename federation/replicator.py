@@ -521,7 +521,9 @@ class Replicator:
 
     async def _hello_loop(self) -> None:
         while True:
-            body = {"region": self.region, "urls": self.urls, "ts": time.time_ns() // 1_000_000}
+            # Until the HTTP listener is bound a port-0 node knows no real URL: say none.
+            urls = [u for u in self.urls if not u.endswith(":0")]
+            body = {"region": self.region, "urls": urls, "ts": time.time_ns() // 1_000_000}
             body.update(self.extra_hello())
             await self._publish(self.subjects.hello, "hello", body)
             self.metrics.peers_up.set(len(self.alive_peers()))
