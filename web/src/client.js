@@ -14,13 +14,13 @@
 import nacl from './nacl.js';
 import { b64decode, b64encode } from './base64url.js';
 import { CursorState } from './cursor.js';
+import { E2eeSession } from './crypto.js';
 import { Directory } from './directory.js';
 import * as e2ee from './e2ee.js';
 import { RETRYABLE_CODES, YanziError, YanziTimeout } from './errors.js';
 import { ConversationState, MessageLog } from './fold.js';
-import { buildContent, compareKeys, decodeOp, directConvId, OpError, orderKey, signContent, verifyContent } from './op.js';
+import { buildContent, decodeOp, directConvId, OpError, orderKey, signContent } from './op.js';
 import { BrowserTransport } from './transport.js';
-import { utf8Decode, utf8Encode } from './utf8.js';
 
 const FATAL_CLOSE = new Set([4001, 4009, 4011]); // auth failed, too many errors, logout_all
 const DEFAULTS = {
@@ -73,14 +73,9 @@ export class Client {
     this.complete = new Set(); // convs whose whole log this session holds
     this.backfilling = new Set();
     this.backfillChain = Promise.resolve();
-    this.plain = new Map(); // op id -> {text, encrypted, error?}
-    this.verified = new Map(); // op id -> boolean
-    this.replays = new Set(); // op ids hidden as replays
-    this.pendingChains = new Map(); // inbound chain key -> {conv, user, device, chain, firstMs, requestedMs, ops: Set}
-    this.answered = new Set(); // key requests answered this session
     this.readMarkers = new Map(); // conv -> order key
     this.sendLocks = new Map(); // conv -> promise (E2EE sends are serialised per conversation)
-    this.keyring = { out: {}, past: {}, in: {}, seen: {} };
+    this.crypto = new E2eeSession(this);
     this.directory = null;
 
     this.sock = null; // {send, close, gen}
@@ -183,7 +178,7 @@ export class Client {
     const user = this.session?.user;
     this.cursor = new CursorState(user ? (await this.readJson(`cursor:${user}`)) ?? {} : {});
     const keyring = user ? await this.readJson(`e2ee:${user}`) : null;
-    this.keyring = { out: {}, past: {}, in: {}, seen: {}, ...(keyring ?? {}) };
+    this.crypto.keyring = { out: {}, past: {}, in: {}, seen: {}, ...(keyring ?? {}) };
     const dirState = user ? await this.readJson(`tofu:${user}`) : null;
     this.directory = new Directory({
       fetch: (u) => this.fetchDevices(u),
@@ -212,7 +207,7 @@ export class Client {
     if (!user) return;
     for (const what of dirty) {
       if (what === 'cursor') await this.writeJson(`cursor:${user}`, this.cursor.snapshot());
-      else if (what === 'e2ee') await this.writeJson(`e2ee:${user}`, this.keyring);
+      else if (what === 'e2ee') await this.writeJson(`e2ee:${user}`, this.crypto.keyring);
       else if (what === 'tofu') await this.writeJson(`tofu:${user}`, this.directory.toJSON());
     }
   }
@@ -310,8 +305,7 @@ export class Client {
       // Another account on this storage: its cursor, chains and pins mean nothing here.
       this.logs.clear();
       this.complete.clear();
-      this.plain.clear();
-      this.verified.clear();
+      this.crypto.reset();
       await this.loadAccount();
     } else {
       this.directory.pinSelf(data.user, k.device, k.sign.pk, k.box.pk);
@@ -355,10 +349,10 @@ export class Client {
     this.directory.trust(user, device);
     for (const [conv, log] of this.logs) {
       const ops = [...log.ops.values()].filter((op) => op.content.author === user && op.content.device === device);
-      for (const op of ops) this.verified.delete(op.opId);
+      for (const op of ops) this.crypto.verified.delete(op.opId);
       if (ops.length) {
         this.enqueue(async () => {
-          for (const op of ops) if (op.content.kind === 'message' || op.content.kind === 'edit') await this.verify(op);
+          for (const op of ops) if (op.content.kind === 'message' || op.content.kind === 'edit') await this.crypto.verify(op);
           this.recheck(conv);
         });
       }
@@ -721,7 +715,7 @@ export class Client {
       } finally {
         this.syncRunning = null;
       }
-      this.scheduleKeyRequests();
+      this.crypto.scheduleKeyRequests();
       this.emit('caughtUp', {});
     })();
     return this.syncRunning;
@@ -803,7 +797,7 @@ export class Client {
       const { kind, target } = op.content;
       if (kind === 'message') touched.get(conv).add(op.opId);
       else if (['edit', 'delete', 'react', 'unreact'].includes(kind)) touched.get(conv).add(target);
-      if (kind === 'message' || kind === 'edit' || kind === 'key_share') this.enqueue(() => this.processOp(op));
+      if (kind === 'message' || kind === 'edit' || kind === 'key_share') this.enqueue(() => this.crypto.processOp(op));
       // backfill: the cursor already covered this op (a reload after a restart), not news.
       this.emit('op', { conv, op, live, backfill: !r.new });
     }
@@ -813,7 +807,7 @@ export class Client {
       const state = this.logs.get(conv).state;
       for (const id of ids) {
         const m = state.messages.get(id);
-        if (m && !this.replays.has(id)) this.emit('message', { conv, message: this.view(conv, m) });
+        if (m && !this.crypto.replays.has(id)) this.emit('message', { conv, message: this.view(conv, m) });
       }
     }
     if (live && gap) this.requestCatchUp();
@@ -821,47 +815,6 @@ export class Client {
 
   enqueue(task) {
     this.work = this.work.then(task).catch((err) => this.emit('error', err));
-  }
-
-  /** E2EE work for one op: verify its device signature, decrypt, read key shares. */
-  async processOp(op) {
-    if (this.closed) return;
-    const { kind, conv } = op.content;
-    if (kind === 'key_share') {
-      if (this.e2ee) await this.onKeyShare(op);
-      return;
-    }
-    await this.verify(op);
-    this.decrypt(op);
-    this.recheck(conv, op);
-  }
-
-  async verify(op) {
-    if (this.verified.has(op.opId)) return this.verified.get(op.opId);
-    const d = await this.signer(op);
-    const ok = !!d && d.trusted;
-    this.verified.set(op.opId, ok);
-    return ok;
-  }
-
-  /** The directory record of the device that signed `op`, or null if its dsig does not verify.
-   * A signature that fails with the pinned key refreshes the directory once: that is how a
-   * changed key is found (and raises keyChanged). */
-  async signer(op) {
-    const { author, device } = op.content;
-    const check = (d) => !!d && verifyContent(op.content, op.dsig, b64decode(d.ed25519));
-    try {
-      let d = await this.directory.device(author, device);
-      if (check(d)) return d;
-      // The node checks every dsig against the registered key, so a failure here means the
-      // key changed since we pinned it (or the node lies): ask the directory now.
-      await this.directory.refresh(author, { maxAgeMs: 0 });
-      d = this.directory.get(author, device);
-      return check(d) ? d : null;
-    } catch (err) {
-      this.emit('error', err);
-      return null;
-    }
   }
 
   /** Emit a message event for the message `op` belongs to (or every message of conv). */
@@ -872,169 +825,8 @@ export class Client {
     const ids = op ? [op.content.kind === 'message' ? op.opId : op.content.target] : [...state.messages.keys()];
     for (const id of ids) {
       const m = state.messages.get(id);
-      if (m && !this.replays.has(id)) this.emit('message', { conv, message: this.view(conv, m) });
+      if (m && !this.crypto.replays.has(id)) this.emit('message', { conv, message: this.view(conv, m) });
     }
-  }
-
-  inboundKey(user, device, conv, chain) {
-    return [user, device, conv, chain].join('\u0000');
-  }
-
-  /** Decrypt (or read) one message/edit op body into the cache; null when the key is missing. */
-  decrypt(op) {
-    if (this.plain.has(op.opId)) return this.plain.get(op.opId);
-    const { author, device, conv, body } = op.content;
-    let bytes;
-    try {
-      bytes = b64decode(body);
-    } catch {
-      return this.cachePlain(op, { text: null, encrypted: false, error: 'malformed' });
-    }
-    const alg = e2ee.bodyAlg(bytes);
-    if (alg === null) {
-      let text = null;
-      try {
-        text = utf8Decode(bytes);
-      } catch {
-        /* binary: no text */
-      }
-      return this.cachePlain(op, { text, encrypted: false });
-    }
-    let sealed;
-    try {
-      sealed = e2ee.parseBody(bytes);
-    } catch (err) {
-      return this.cachePlain(op, { text: null, encrypted: true, error: err.reason ?? 'malformed' });
-    }
-    const key = this.inboundKey(author, device, conv, sealed.chain);
-    const chain = this.keyring.in[key];
-    if (!chain) {
-      let p = this.pendingChains.get(key);
-      if (!p) {
-        p = { conv, user: author, device, chain: sealed.chain, firstMs: this.now(), requestedMs: null, ops: new Set() };
-        this.pendingChains.set(key, p);
-      }
-      p.ops.add(op.opId);
-      this.scheduleKeyRequests();
-      return null;
-    }
-    let text;
-    try {
-      const { app } = e2ee.decrypt(conv, bytes, { conv, chain: sealed.chain, s: chain.s, ck: b64decode(chain.ck) });
-      text = utf8Decode(app);
-    } catch (err) {
-      return this.cachePlain(op, { text: null, encrypted: true, error: err.reason ?? 'malformed' });
-    }
-    // Replays (docs/e2ee.md §7): one (sender device, chain, index) decrypts for one op id only.
-    const seenKey = [author, device, sealed.chain, sealed.i].join('\u0000');
-    const first = this.keyring.seen[seenKey];
-    if (first && first !== op.opId) {
-      this.replays.add(op.opId);
-      this.emit('replay', { conv, opId: op.opId, original: first, user: author, device });
-      return this.cachePlain(op, { text: null, encrypted: true, error: 'replay' });
-    }
-    if (!first) {
-      this.keyring.seen[seenKey] = op.opId;
-      this.markDirty('e2ee');
-    }
-    return this.cachePlain(op, { text, encrypted: true });
-  }
-
-  cachePlain(op, value) {
-    this.plain.set(op.opId, value);
-    return value;
-  }
-
-  async onKeyShare(op) {
-    const { author, device, conv } = op.content;
-    let body;
-    try {
-      body = e2ee.parseKeyShare(b64decode(op.content.body));
-    } catch {
-      return; // not a v1 key_share body: nothing for us
-    }
-    const me = { user: this.session.user, device: this.keys.device };
-    if (body.alg === e2ee.KEYREQ_ALG) {
-      if (body.sender_user === me.user && body.sender_device === me.device) await this.answerKeyRequest(op, body);
-      return;
-    }
-    if (!body.shares.some((s) => s.user === me.user && s.device === me.device)) return;
-    if (author === me.user && device === me.device) return; // our own share: we hold the chain
-    const d = await this.signer(op);
-    if (!d) {
-      this.emit('error', new YanziError('bad_key_share', `key share ${op.opId} from ${author}/${device} is not signed by a known device key`));
-      return;
-    }
-    let opened;
-    try {
-      opened = e2ee.openShare(body, op.content, me, b64decode(d.x25519), b64decode(this.keys.box.sk));
-    } catch (err) {
-      this.emit('error', new YanziError('bad_key_share', err.message));
-      return;
-    }
-    const key = this.inboundKey(author, device, conv, opened.chain);
-    const have = this.keyring.in[key];
-    if (!have || opened.start < have.s) {
-      this.keyring.in[key] = { s: opened.start, ck: b64encode(opened.ck) };
-      this.markDirty('e2ee');
-    }
-    const waiting = this.pendingChains.get(key);
-    if (waiting) {
-      this.pendingChains.delete(key);
-      const log = this.logs.get(conv);
-      for (const id of waiting.ops) {
-        const pendingOp = log?.get(id);
-        if (!pendingOp) continue;
-        this.decrypt(pendingOp);
-        this.recheck(conv, pendingOp);
-      }
-    }
-  }
-
-  scheduleKeyRequests() {
-    if (!this.e2ee || this.keyRequestTimer || this.closed || this.pendingChains.size === 0) return;
-    this.keyRequestTimer = this.timer(() => {
-      this.keyRequestTimer = null;
-      this.enqueue(() => this.sendKeyRequests());
-    }, this.options.keyRequestDelayMs);
-  }
-
-  /** docs/e2ee.md §6: ask the sender device for chains held back longer than the delay. */
-  async sendKeyRequests() {
-    if (!this.ready || this.syncRunning) {
-      this.scheduleKeyRequests();
-      return;
-    }
-    const now = this.now();
-    for (const p of this.pendingChains.values()) {
-      if (now - p.firstMs < this.options.keyRequestDelayMs) continue;
-      if (p.requestedMs !== null && now - p.requestedMs < this.options.keyRequestRetryMs) continue;
-      p.requestedMs = now;
-      const body = e2ee.keyRequestBody(p.chain, p.user, p.device);
-      await this.submit({ conv: p.conv, kind: 'key_share', body: b64encode(body) }).catch((err) => this.emit('error', err));
-    }
-    if (this.pendingChains.size) {
-      this.keyRequestTimer = this.timer(() => {
-        this.keyRequestTimer = null;
-        this.enqueue(() => this.sendKeyRequests());
-      }, this.options.keyRequestRetryMs);
-    }
-  }
-
-  async answerKeyRequest(op, body) {
-    const { author, device, conv } = op.content;
-    const chain = this.keyring.out[conv]?.chain === body.chain ? this.keyring.out[conv] : this.keyring.past[body.chain];
-    if (!chain || chain.conv !== conv) return;
-    const tag = [body.chain, author, device].join('\u0000');
-    if (this.answered.has(tag)) return;
-    await this.ensureComplete(conv);
-    // Only a user who was a member when the chain started and still is: a member added later
-    // must not read what was said before (docs/e2ee.md §6).
-    if (!(chain.members ?? []).includes(author) || !this.logs.get(conv)?.state.members.has(author)) return;
-    const d = await this.signer(op);
-    if (!d || !d.trusted) return; // §2: no chain keys for an untrusted device
-    this.answered.add(tag);
-    await this.shareChain(conv, chain, [{ user: author, device, x25519: d.x25519 }], { start: 0, ck: chain.ck0 });
   }
 
   // -- ops out ----------------------------------------------------------------------------------
@@ -1114,69 +906,9 @@ export class Client {
     }
   }
 
-  /** The body for a message or edit: an encrypted envelope (E2EE) or the UTF-8 text. */
-  async sealBody(conv, text) {
-    const bytes = utf8Encode(String(text));
-    if (!this.e2ee) return b64encode(bytes);
-    const chain = await this.outboundChain(conv);
-    await this.entropy();
-    const body = e2ee.sealWithChain(chain, conv, bytes);
-    await this.persistNow('e2ee'); // never reuse an index after a crash
-    return b64encode(body);
-  }
-
   async persistNow(what) {
     this.dirtyKeys.add(what);
     await this.persist();
-  }
-
-  /** The chain to send with in `conv`: rotated when due, shared with every trusted member device. */
-  async outboundChain(conv) {
-    await this.ensureComplete(conv);
-    const state = this.logs.get(conv)?.state ?? new ConversationState();
-    if (state.type === null) throw new YanziError('not_found', `conversation ${conv} is not known here`);
-    let chain = this.keyring.out[conv];
-    const me = this.session.user;
-    const myDevice = this.keys.device;
-    if (e2ee.needsRotation(chain, { nowMs: this.now(), epoch: state.membershipEpoch })) {
-      await this.entropy();
-      if (chain) this.keyring.past[chain.chain] = { conv, chain: chain.chain, ck0: chain.ck0, members: chain.members ?? [] };
-      chain = e2ee.newOutboundChain(conv, this.now(), state.membershipEpoch, [...state.members.keys()]);
-      this.keyring.out[conv] = chain;
-      this.keyring.in[this.inboundKey(me, myDevice, conv, chain.chain)] = { s: 0, ck: chain.ck0 };
-      await this.persistNow('e2ee');
-    }
-    const recipients = [];
-    for (const user of state.members.keys()) {
-      try {
-        await this.directory.refresh(user, { maxAgeMs: this.options.deviceRefreshMs });
-      } catch (err) {
-        this.emit('error', err);
-      }
-      for (const d of this.directory.trustedDevices(user)) {
-        if (user === me && d.device === myDevice) continue;
-        if (!chain.sharedWith.includes(user + '\u0000' + d.device)) recipients.push(d);
-      }
-    }
-    if (recipients.length) await this.shareChain(conv, chain, recipients, { start: chain.index, ck: chain.ck });
-    return chain;
-  }
-
-  /** Send key_share op(s) for `chain` to `recipients` (acknowledged before returning). */
-  async shareChain(conv, chain, recipients, { start, ck }) {
-    await this.entropy(24 * recipients.length + 1024);
-    const bodies = e2ee.sealShares({
-      conv, chainId: chain.chain, start, ck: b64decode(ck), senderUser: this.session.user, senderDevice: this.keys.device,
-      recipients, boxSecretKey: b64decode(this.keys.box.sk),
-    });
-    for (const body of bodies) await this.submit({ conv, kind: 'key_share', body: b64encode(body) });
-    if (this.keyring.out[conv] === chain) {
-      for (const r of recipients) {
-        const tag = r.user + '\u0000' + r.device;
-        if (!chain.sharedWith.includes(tag)) chain.sharedWith.push(tag);
-      }
-      this.markDirty('e2ee');
-    }
   }
 
   // -- public API: conversations ------------------------------------------------------------------
@@ -1218,12 +950,12 @@ export class Client {
 
   async send(conv, text) {
     await this.loaded;
-    return this.withConvLock(conv, async () => this.submit({ conv, kind: 'message', body: await this.sealBody(conv, text) }));
+    return this.withConvLock(conv, async () => this.submit({ conv, kind: 'message', body: await this.crypto.sealBody(conv, text) }));
   }
 
   async edit(conv, opId, text) {
     await this.loaded;
-    return this.withConvLock(conv, async () => this.submit({ conv, kind: 'edit', target: opId, body: await this.sealBody(conv, text) }));
+    return this.withConvLock(conv, async () => this.submit({ conv, kind: 'edit', target: opId, body: await this.crypto.sealBody(conv, text) }));
   }
 
   async delete(conv, opId) {
@@ -1268,17 +1000,17 @@ export class Client {
     const log = this.logs.get(conv);
     if (!log) return [];
     const out = [];
-    for (const m of log.state.messages.values()) if (!this.replays.has(m.op.opId)) out.push(this.view(conv, m));
+    for (const m of log.state.messages.values()) if (!this.crypto.replays.has(m.op.opId)) out.push(this.view(conv, m));
     return out;
   }
 
   view(conv, m) {
     const deleted = m.deletedBy !== null;
     const bodyOp = m.bodyOp;
-    let plain = this.plain.get(bodyOp.opId);
-    if (!plain && !deleted) plain = this.decrypt(bodyOp) ?? undefined;
+    let plain = this.crypto.plain.get(bodyOp.opId);
+    if (!plain && !deleted) plain = this.crypto.decrypt(bodyOp) ?? undefined;
     const reactions = ConversationState.reactionSummary(m);
-    const verified = this.verified.get(m.op.opId) === true && (bodyOp === m.op || this.verified.get(bodyOp.opId) === true);
+    const verified = this.crypto.verified.get(m.op.opId) === true && (bodyOp === m.op || this.crypto.verified.get(bodyOp.opId) === true);
     return {
       conv,
       opId: m.op.opId,
@@ -1339,21 +1071,7 @@ export class Client {
     let encrypted = false;
     if (!m.deleted_by) {
       try {
-        const bytes = b64decode(m.body);
-        if (e2ee.bodyAlg(bytes) === null) text = utf8Decode(bytes);
-        else {
-          encrypted = true;
-          const sealed = e2ee.parseBody(bytes);
-          // The node's view names the message's device, not an editor's: look the chain up by id.
-          const suffix = '\u0000' + conv + '\u0000' + sealed.chain;
-          for (const [key, chain] of Object.entries(this.keyring.in)) {
-            if (key.startsWith(m.author + '\u0000') && key.endsWith(suffix)) {
-              const inbound = { conv, chain: sealed.chain, s: chain.s, ck: b64decode(chain.ck) };
-              text = utf8Decode(e2ee.decrypt(conv, bytes, inbound).app);
-              break;
-            }
-          }
-        }
+        ({ text, encrypted } = this.crypto.decryptServerBody(conv, m.author, m.body));
       } catch {
         text = null;
       }
@@ -1377,4 +1095,4 @@ export class Client {
   }
 }
 
-export { compareKeys };
+

@@ -204,20 +204,20 @@ test('group chat: members added and removed, the chain rotates, a removed member
   const conv = await alice.createGroup('Trip', [bob.name, carol.name]);
   await alice.send(conv, 'welcome');
   await eventually(() => textOf(bob, conv).includes('welcome') && textOf(carol, conv).includes('welcome'));
-  const chain1 = alice.keyring.out[conv].chain;
+  const chain1 = alice.crypto.keyring.out[conv].chain;
 
   await alice.addMember(conv, dave.name);
   await alice.send(conv, 'hi dave');
-  assert.notEqual(alice.keyring.out[conv].chain, chain1, 'rotated on member_add');
+  assert.notEqual(alice.crypto.keyring.out[conv].chain, chain1, 'rotated on member_add');
   await eventually(() => textOf(dave, conv).includes('hi dave'), { what: 'dave reads after joining' });
   await dave.history(conv);
   assert.equal(dave.messages(conv).find((m) => m.text === null)?.pending, true, 'the old chain was never shared with dave');
 
   await alice.removeMember(conv, carol.name);
-  const chain2 = alice.keyring.out[conv].chain;
+  const chain2 = alice.crypto.keyring.out[conv].chain;
   await bob.send(conv, 'carol is gone');
   await alice.send(conv, 'secret plan');
-  assert.notEqual(alice.keyring.out[conv].chain, chain2, 'rotated on member_remove');
+  assert.notEqual(alice.crypto.keyring.out[conv].chain, chain2, 'rotated on member_remove');
   await eventually(() => textOf(bob, conv).includes('secret plan') && textOf(dave, conv).includes('carol is gone'));
   const list = await bob.conversations();
   assert.deepEqual(list.find((r) => r.conv === conv).members, [alice.name, bob.name, dave.name].sort());
