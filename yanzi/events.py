@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from crdt import AttrValue, Dot, MessageState, Op, Timestamp, b64decode
 from yanzi.errors import ProtocolError
+
+#: plain: not encrypted; decrypted: `body` is the plaintext; pending: waiting for its key share;
+#: failed: cannot be decrypted (tampered, bad signature, key not shared with this device).
+E2eeStatus = Literal["plain", "decrypted", "pending", "failed"]
 
 # -- replies and read models ------------------------------------------------------------------
 
@@ -54,6 +58,10 @@ class Message:
     edited_by: str | None
     deleted_by: str | None
     reactions: Mapping[str, tuple[str, ...]]
+    # End-to-end encryption (docs/e2ee.md): `e2ee` says what `body` is; `verified` is True when
+    # the op carrying the current body is signed by a trusted key of its device (and decrypted).
+    e2ee: E2eeStatus = "plain"
+    verified: bool = False
 
     @property
     def text(self) -> str:
@@ -212,6 +220,50 @@ class ServerNotice:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class KeyChanged:
+    """The key directory shows a new Ed25519 key (`new`, base64url) for a device id whose key
+    was `old`: the device is untrusted — no chain keys go to it, its messages are unverified —
+    until `Client.trust(user, device)` (docs/e2ee.md §2)."""
+
+    user: str
+    device: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAdded:
+    """A new device of a user seen before: trusted on first use, and the safety number with
+    that user changes."""
+
+    user: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Op `op_id` repeats the ciphertext position of `original` (same sender device, chain and
+    index): it is not shown (docs/e2ee.md §7)."""
+
+    conv: str
+    op_id: str
+    original: str
+    user: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Undecryptable:
+    """A message or edit cannot be read (yet). `reason`: missing_key (its key share has not
+    arrived; a key request was sent), tampered, bad_signature, before_share, out_of_range,
+    malformed."""
+
+    conv: str
+    op_id: str
+    reason: str
+
+
 Event = (
     Connected
     | Disconnected
@@ -222,6 +274,10 @@ Event = (
     | Typing
     | Presence
     | ServerNotice
+    | KeyChanged
+    | DeviceAdded
+    | Replay
+    | Undecryptable
 )
 
 

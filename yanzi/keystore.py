@@ -10,7 +10,11 @@ Layout (version 1; binary values are unpadded base64url like everything on Yanzi
     {"v": 1, "device": "py-…", "ed25519_seed": "…", "x25519_secret": "…",
      "user": "alice" | null, "token": "…" | null, "token_expires_ms": 0 | null,
      "node": "<node id that issued the token>" | null,
-     "cursor": {conv: {origin: seq}}}
+     "cursor": {conv: {origin: seq}},
+     "e2ee": {...} | null, "trust": {...} | null}
+
+`e2ee` (this device's sender chains, the chains shared with it and the replay book) and `trust`
+(the TOFU store) belong to yanzi.e2ee_session and yanzi.trust; the keystore only keeps them.
 
 One keystore is one device of one user; two processes must not share it at the same time.
 """
@@ -53,6 +57,8 @@ class Keystore:
     token_expires_ms: int | None = None
     node: str | None = None
     cursor: Cursor = field(default_factory=dict, repr=False)
+    e2ee: dict[str, Any] | None = field(default=None, repr=False)  # chain keys: secrets
+    trust: dict[str, Any] | None = field(default=None, repr=False)
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -100,6 +106,8 @@ class Keystore:
                 token_expires_ms=expires if isinstance(expires, int) else None,
                 node=_opt_str(data.get("node"), "node"),
                 cursor=cursor_from_json(data.get("cursor", {})),
+                e2ee=_opt_dict(data.get("e2ee"), "e2ee"),
+                trust=_opt_dict(data.get("trust"), "trust"),
             )
         except KeystoreError:
             raise
@@ -120,6 +128,8 @@ class Keystore:
             "token_expires_ms": self.token_expires_ms,
             "node": self.node,
             "cursor": {conv: dict(vv) for conv, vv in sorted(self.cursor.items())},
+            "e2ee": self.e2ee,
+            "trust": self.trust,
         }
 
     def dumps(self) -> bytes:
@@ -139,10 +149,12 @@ class Keystore:
         }
 
     def forget_account(self) -> None:
-        """Drop the token and cursor (a different user logs in with this device's keys)."""
+        """Drop the token, cursor and E2EE state (a different user logs in with this device's
+        keys: the old account's chains and trust decisions mean nothing for the new one)."""
         self.user = self.token = self.node = None
         self.token_expires_ms = None
         self.cursor = {}
+        self.e2ee = self.trust = None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -172,3 +184,9 @@ def _str(value: object, what: str) -> str:
 
 def _opt_str(value: object, what: str) -> str | None:
     return None if value is None else _str(value, what)
+
+
+def _opt_dict(value: object, what: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise KeystoreError(f"keystore field {what} must be an object")
+    return value
