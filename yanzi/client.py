@@ -12,6 +12,11 @@ reconnects to the next edge in that order; every `edge_refresh_s` it measures ag
 to a clearly nearer edge. The token and the cursor are the same at every edge, so a move is just
 a reconnect: HTTP catch-up from the cursor, then live.
 
+End-to-end encryption (docs/e2ee.md; `ClientConfig(e2ee=True)`, the default): `send` and `edit`
+encrypt bodies with this device's sender chain, received messages are decrypted, and
+`messages()` shows plaintext with a `verified` flag; yanzi.e2ee_session does the work, this
+class only routes ops and bodies through it.
+
 Tasks: every background task has an owner that cancels and awaits it in `close()`: the client
 owns the catch-up worker, the cursor writer and the edge re-measurer, and its `Link`
 (yanzi.link) owns the socket's supervisor (reads frames, reconnects with backoff). Nothing is
@@ -29,8 +34,10 @@ import random
 import secrets
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -42,9 +49,12 @@ from crdt import (
     DecodeError,
     Op,
     OpKind,
+    b64encode,
 )
 from yanzi.config import Backoff, ClientConfig
 from yanzi.cursor import SyncState
+from yanzi.e2ee import sign_device
+from yanzi.e2ee_session import E2eeSession, E2eeTimers
 from yanzi.edges import (
     Clock,
     Edge,
@@ -172,6 +182,7 @@ class Client:
         self._streams: list[EventStream] = []
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
+        self._e2ee = self._new_e2ee()
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -211,11 +222,15 @@ class Client:
         return self._sync.state(conv)
 
     def messages(self, conv: str) -> list[Message]:
-        """The visible messages of `conv` in the local view, oldest first."""
+        """The visible messages of `conv` in the local view, oldest first. With E2EE, bodies
+        are plaintext (`e2ee` says whether decrypted, pending or failed; `verified` whether a
+        trusted device key signed it) and replayed messages are left out."""
         state = self._sync.state(conv)
-        return [
-            Message.from_state(conv, m) for m in state.messages_before(None, len(state.messages))
-        ]
+        rows = state.messages_before(None, len(state.messages))
+        if self._e2ee is None:
+            return [Message.from_state(conv, m) for m in rows]
+        shown = (self._e2ee.present(m, Message.from_state(conv, m)) for m in rows)
+        return [m for m in shown if m is not None]
 
     def ops(self, conv: str) -> list[Op]:
         """Every op of `conv` this client holds (parked and hidden ones too), in total order:
@@ -325,11 +340,13 @@ class Client:
             device=ks.device,
             device_name=device_name or self.config.device_name,
             keys=ks.public_keys_json(),
+            keys_sig=self._keys_sig(username),
         )
         user = str(data["user"])
         if ks.user is not None and ks.user != user:
             ks.forget_account()  # another account: its cursor means nothing for this one
             self._sync = SyncState()
+            self._e2ee = self._new_e2ee()
         ks.user = user
         ks.token = str(data["token"])
         expires = data.get("expires_ms")
@@ -350,6 +367,34 @@ class Client:
     async def devices(self, user: str) -> list[dict[str, Any]]:
         """A user's devices and their public keys (for E2EE and safety numbers)."""
         return await self._http_api().devices(self._token(), user)
+
+    # -- end-to-end encryption (docs/e2ee.md) -------------------------------------------------
+
+    async def safety_number(self, user: str) -> str:
+        """The 30-digit safety number of this user and `user` over both users' trusted device
+        keys (fetched afresh). Equal on both sides unless a device was added or swapped."""
+        return await self._need_e2ee().safety_number(user)
+
+    def trust(self, user: str, device: str) -> bool:
+        """Trust `device`'s current keys after a KeyChanged (compare safety numbers first);
+        False if the device is unknown."""
+        return self._need_e2ee().trust_device(user, device)
+
+    def _keys_sig(self, username: str) -> str:
+        ks = self.keystore
+        x25519 = bytes(ks.box_key.public_key)
+        return b64encode(sign_device(username, ks.device, ks.signing_key, x25519))
+
+    def _new_e2ee(self) -> E2eeSession | None:
+        if not self.config.e2ee:
+            return None
+        timers = E2eeTimers(key_request_delay_s=self.config.key_request_delay_s)
+        return E2eeSession(_E2eeHost(self), self.keystore, timers=timers)
+
+    def _need_e2ee(self) -> E2eeSession:
+        if self._e2ee is None:
+            raise InvalidRequest("end-to-end encryption is off (ClientConfig(e2ee=False))")
+        return self._e2ee
 
     # -- conversations ------------------------------------------------------------------------
 
@@ -404,13 +449,35 @@ class Client:
     async def conversations(self) -> list[Conversation]:
         """The conversation list with last message and unread count, newest first."""
         rows = await self._http_api().conversations(self._token())
-        return [Conversation.from_json(row) for row in rows]
+        found = [Conversation.from_json(row) for row in rows]
+        if self._e2ee is None:
+            return found
+        opened = [c.last_message and self._e2ee.open_row(c.last_message) for c in found]
+        if self._e2ee.needs_keys(m for m in opened if m is not None):
+            await self._fetch_keys()
+            opened = [c.last_message and self._e2ee.open_row(c.last_message) for c in found]
+        return [replace(c, last_message=m) for c, m in zip(found, opened, strict=True)]
 
     async def history(self, conv: str, before: str | None = None, limit: int = 50) -> HistoryPage:
-        """Visible messages before `before` (op id; None: the newest), oldest first."""
+        """Visible messages before `before` (op id; None: the newest), oldest first. With E2EE
+        they are decrypted, but the node's rows carry no signatures: `verified` is False."""
         data = await self._http_api().messages(self._token(), conv, before=before, limit=limit)
-        messages = tuple(Message.from_json(conv, m) for m in data.get("messages", []))
+        rows = tuple(Message.from_json(conv, m) for m in data.get("messages", []))
+        messages = rows
+        if self._e2ee is not None:
+            messages = tuple(self._e2ee.open_row(m) for m in rows)
+            if self._e2ee.needs_keys(messages):
+                await self._fetch_keys()
+                messages = tuple(self._e2ee.open_row(m) for m in rows)
         return HistoryPage(messages=messages, more=bool(data.get("more")))
+
+    async def _fetch_keys(self) -> None:
+        """Pull the key shares a history row needs: a catch-up (a client without a socket has
+        none running), then handle what it brought."""
+        assert self._e2ee is not None
+        if not self._link.connected:
+            await self._catch_up()
+        await self._e2ee.settle()
 
     # -- ops ----------------------------------------------------------------------------------
 
@@ -423,13 +490,40 @@ class Client:
         attrs: Mapping[str, AttrValue] | None = None,
     ) -> Ack:
         """Send a message; returns the node's ack (durable). Safe to retry with the same cmid:
-        the node answers every retry with the same op."""
-        return await self._op(conv, "message", body=_as_bytes(body), attrs=attrs, cmid=cmid)
+        the node answers every retry with the same op. With E2EE the body is encrypted (and
+        the chain rotated and shared first when due); `attrs` stay visible to nodes."""
+        sealed = await self._seal(conv, _as_bytes(body))
+        return await self._op(conv, "message", body=sealed, attrs=attrs, cmid=cmid)
 
     async def edit(
         self, conv: str, op_id: str, body: bytes | str, *, cmid: str | None = None
     ) -> Ack:
-        return await self._op(conv, "edit", target=op_id, body=_as_bytes(body), cmid=cmid)
+        sealed = await self._seal(conv, _as_bytes(body))
+        return await self._op(conv, "edit", target=op_id, body=sealed, cmid=cmid)
+
+    async def _seal(self, conv: str, body: bytes) -> bytes:
+        """Encrypt a body for `conv`; like a send, retried across drops (a new chain needs the
+        key directory and its key_share ops) for up to `send_timeout_s`."""
+        if self._e2ee is None:
+            return body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.send_timeout_s
+        attempt = 0
+        while True:
+            failure: YanziError
+            try:
+                return await self._e2ee.seal(conv, body)
+            except ServerError as err:
+                if not err.retryable:
+                    raise
+                failure = err
+            except (ConnectionLost, YanziTimeout) as err:
+                failure = err
+            wait = min(self._backoff.delay(attempt, self._rng.uniform), deadline - loop.time())
+            attempt += 1
+            if wait <= 0:
+                raise AckTimeout(f"could not encrypt for {conv}: {failure}") from failure
+            await self._link.wait_online(wait)
 
     async def delete(self, conv: str, op_id: str, *, cmid: str | None = None) -> Ack:
         return await self._op(conv, "delete", target=op_id, cmid=cmid)
@@ -581,6 +675,8 @@ class Client:
 
     def _ingest(self, op: Op, *, live: bool) -> bool:
         result = self._sync.ingest(op)
+        if self._e2ee is not None:
+            self._e2ee.receive(op)  # every op (a backfill's too); it ignores repeats
         if result.cursor_moved:
             self._cursor_dirty.set()
         if result.new:
@@ -618,6 +714,8 @@ class Client:
                     break
                 cursor = next_cursor
             self._sync.note_caught_up()
+        if self._e2ee is not None:
+            self._e2ee.caught_up()  # key requests may go out from now on
         self._emit(CaughtUp(new))
         return new
 
@@ -652,6 +750,8 @@ class Client:
     async def _persist(self) -> None:
         async with self._persist_lock:
             self.keystore.cursor = copy.deepcopy(self._sync.cursor)
+            if self._e2ee is not None:
+                self.keystore.e2ee, self.keystore.trust = self._e2ee.snapshot()
             data = self.keystore.dumps()
             write = asyncio.get_running_loop().run_in_executor(
                 None, write_atomic, self.keystore.path, data
@@ -761,6 +861,8 @@ class Client:
                 self._own(self._sync_worker(), "yanzi-catch-up"),
                 self._own(self._persist_worker(), "yanzi-cursor-writer"),
             ]
+            if self._e2ee is not None:
+                self._workers.append(self._own(self._e2ee.run(), "yanzi-e2ee"))
             if self._router is not None and self.config.edge_refresh_s > 0:
                 self._workers.append(
                     self._own(self._edge_worker(self._router), "yanzi-edge-measure")
@@ -809,3 +911,34 @@ class Client:
         if not self.keystore.user:
             raise NotLoggedIn("no user in the keystore: call login() first")
         return self.keystore.user
+
+
+class _E2eeHost:
+    """The client as its E2EE session sees it (yanzi.e2ee_session.E2eeHost)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def fetch_devices(self, user: str) -> list[dict[str, Any]]:
+        return await self._client.devices(user)
+
+    async def fetch_members(self, conv: str) -> list[str]:
+        client = self._client
+        path = f"/v1/conversations/{quote(conv, safe='')}"
+        data = await client._http_api().call("GET", path, token=client._token())
+        return sorted(str(u) for u in dict(data.get("members") or {}))
+
+    async def submit_key_share(self, conv: str, body: bytes) -> Ack:
+        return await self._client._op(conv, "key_share", body=body)
+
+    def local_members(self, conv: str) -> list[str]:
+        return sorted(self._client._sync.state(conv).members)
+
+    def emit(self, event: Event) -> None:
+        self._client._emit(event)
+
+    def state_changed(self) -> None:
+        self._client._cursor_dirty.set()  # the cursor writer saves the whole keystore
+
+    async def persist(self) -> None:
+        await self._client._persist()

@@ -31,6 +31,9 @@ class ClientConfig:
     # a number above that maximum is refused by the node with bad_request.
     sync_page: int | None = None
     persist_delay_s: float = 0.05  # coalesce cursor writes of a burst into one file write
+    # end-to-end encryption (docs/e2ee.md): encrypt sends, decrypt what arrives
+    e2ee: bool = True
+    key_request_delay_s: float = 3.0  # after a catch-up, wait this long for a share, then ask
     # nearest edge (Client(edges=...)): RTT = median of `edge_probe_samples` GET /healthz
     edge_probe_samples: int = 3
     edge_probe_timeout_s: float = 2.0  # all samples of one edge; slower counts as no answer

@@ -95,15 +95,24 @@ class HttpApi:
         )
 
     async def login(
-        self, username: str, password: str, *, device: str, device_name: str, keys: dict[str, str]
+        self,
+        username: str,
+        password: str,
+        *,
+        device: str,
+        device_name: str,
+        keys: dict[str, str],
+        keys_sig: str | None = None,
     ) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "username": username,
             "password": password,
             "device": device,
             "device_name": device_name,
             "keys": keys,
         }
+        if keys_sig is not None:  # the device's self-signature (docs/e2ee.md §1)
+            body["keys_sig"] = keys_sig
         return await self.call("POST", "/v1/login", body=body)
 
     async def logout(self, token: str, *, all_devices: bool = False) -> None:
