@@ -148,6 +148,34 @@ def _send_id_key(user: str, device: str, conv: str, cmid: str) -> bytes:
     return "\x00".join((user, device, conv, "")).encode() + raw
 
 
+class SendIdIndex:
+    """Which client message ids are committed, answered without an LMDB read per send.
+
+    `recent` maps the last `capacity` committed keys to their op, so a retry is answered from
+    memory. `seen` holds hash() of *every* committed key (filled from LMDB at start, so it
+    covers ids from before a restart): a key whose hash is not in it was never committed, which
+    settles the common case, a new send, without a read. Only a key in `seen` but not in
+    `recent` (older than the cache, from before a restart, or a hash collision) is read from
+    LMDB. Cost: ~70 bytes per id ever sent (a Python int in a set), next to the op it names,
+    which is in memory anyway. Builtin hash() is salted per process; `seen` is rebuilt per
+    process, so that is fine.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.recent: dict[bytes, Op] = {}
+        self.seen: set[int] = set()
+
+    def add(self, key: bytes, op: Op) -> None:
+        self.seen.add(hash(key))
+        self.recent[key] = op
+        if len(self.recent) > self.capacity:
+            del self.recent[next(iter(self.recent))]  # dicts keep insertion order: the oldest
+
+    def may_hold(self, key: bytes) -> bool:
+        return hash(key) in self.seen
+
+
 class Hub:
     def __init__(
         self,
@@ -161,6 +189,7 @@ class Hub:
         max_clock_drift_ms: int,
         max_group_members: int,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        recent_send_ids: int = 16384,
     ) -> None:
         self.store = store
         self.node_key = node_key
@@ -178,6 +207,7 @@ class Hub:
         self._members: dict[ConvId, frozenset[str]] = {}
         self._next_seq: dict[ConvId, int] = {}
         self._inflight: dict[bytes, asyncio.Future[Op]] = {}
+        self._send_ids = SendIdIndex(recent_send_ids)
         # Called with each op this node originates, once it is durable (federation publishes).
         self.on_local_op: list[Callable[[Op], None]] = []
         self._remote_pending: set[str] = set()
@@ -197,6 +227,7 @@ class Hub:
         if latest is not None:
             self.clock = HybridClock(max_drift_ms=self.clock.max_drift_ms, last=latest)
         self._migrate_cmids()
+        self._send_ids.seen.update(hash(key) for key, _ in self.store.scan("send_ids"))
         for conv in self.logs:
             self._reindex(conv)
         for key, raw in self.store.scan("markers"):
@@ -285,6 +316,7 @@ class Hub:
                     Put("send_ids", key, json.dumps([op.conv, *op.dot.to_json()]).encode()),
                 ]
             )
+            self._send_ids.add(key, op)  # before the _inflight entry goes (no await between)
         except Exception as exc:
             log.exception("commit failed for conv %s", op.conv)
             # Give the seq back if nothing was stamped after it; otherwise it stays a hole in
@@ -304,6 +336,11 @@ class Hub:
 
     def _already_done(self, key: bytes) -> Op | None:
         """The op a previous send with this client message id produced, if it was committed."""
+        recent = self._send_ids.recent.get(key)
+        if recent is not None:
+            return recent
+        if not self._send_ids.may_hold(key):
+            return None  # never committed: no need to ask LMDB
         raw = self.store.get("send_ids", key)
         if raw is None:
             return None

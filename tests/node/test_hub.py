@@ -205,6 +205,40 @@ async def test_a_cmid_reused_in_another_conversation_is_a_new_send(world: World)
     assert again == first
 
 
+async def test_new_cmids_need_no_store_read_and_retries_stay_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = World(tmp_path / "lmdb", recent_send_ids=2)  # a tiny cache: evictions happen
+    reads: list[str] = []
+
+    def count_reads() -> None:
+        store_get = w.store.get
+
+        def counting_get(db: str, key: bytes) -> bytes | None:
+            reads.append(db)
+            return store_get(db, key)
+
+        monkeypatch.setattr(w.store, "get", counting_get)
+
+    await w.open()
+    try:
+        count_reads()
+        await w.group("alice", "g1", "bob")
+        first = [await w.message("alice", "g1", f"m{i}", cmid=f"x{i}") for i in range(4)]
+        assert "send_ids" not in reads  # new ids: known new without asking LMDB
+        # The last two are cached; older ones were evicted and are read back: one effect each.
+        assert [await w.message("alice", "g1", "again", cmid=f"x{i}") for i in range(4)] == first
+        assert reads.count("send_ids") == 2
+        # After a restart nothing is cached, but every committed id is still known.
+        await w.reopen()
+        count_reads()
+        assert [await w.message("alice", "g1", "again", cmid=f"x{i}") for i in range(4)] == first
+        await w.message("alice", "g1", "new after restart", cmid="x-new")
+        assert bodies(w.hub, "bob", "g1") == [b"m0", b"m1", b"m2", b"m3", b"new after restart"]
+    finally:
+        await w.store.close()
+
+
 async def test_cmids_of_the_old_layout_are_migrated_at_load(world: World) -> None:
     await world.group("alice", "g1", "bob")
     op = await world.message("alice", "g1", "before the upgrade", cmid="old-1")
