@@ -565,7 +565,8 @@ class Client:
     async def backfill(self, conv: str) -> int:
         """Load the whole op log of `conv` into the local view (a new process starts from its
         persisted cursor with empty views). Ops the cursor already covers raise no events.
-        Returns how many ops the local log of `conv` holds."""
+        With E2EE, what can be decrypted is by the time this returns. Returns how many ops the
+        local log of `conv` holds."""
         token = self._token()
         async with self._sync_lock:
             cursor = self._sync.encoded_cursor(without=ConvId(conv))
@@ -578,6 +579,8 @@ class Client:
                 if next_cursor == cursor:
                     break
                 cursor = next_cursor
+        if self._e2ee is not None:
+            await self._e2ee.settle()  # decrypt what can be now, even without a socket
         mlog = self._sync.logs.get(ConvId(conv))
         return 0 if mlog is None else len(mlog)
 

@@ -356,3 +356,14 @@ async def test_e2ee_off_sends_plaintext(make_client: MakeClient) -> None:
     assert bob.messages(conv)[0].e2ee == "plain"
     assert bob.messages(conv)[0].verified  # signed by a trusted device all the same
     assert await node_body(bob, conv, ack.op_id) == b"plain for a bot"
+
+
+async def test_a_backfill_without_a_socket_decrypts(make: MakeClient, tmp_path: Path) -> None:
+    alice = await make()
+    bob_path = tmp_path / "bob-offline.json"
+    bob = await make(keystore=bob_path, connect=False)
+    conv = await alice.direct(bob.user)
+    await alice.send(conv, "waiting for you")
+    await bob.backfill(conv)  # HTTP only: the E2EE work happens inside backfill
+    assert texts(bob, conv) == ["waiting for you"]
+    assert bob.messages(conv)[0].verified
