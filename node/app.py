@@ -28,6 +28,7 @@ from node.identity import load_or_create_key
 from node.mesh_api import MeshApi
 from node.metrics import Metrics
 from node.sessions import CLOSE_GOING_AWAY, Sessions
+from node.static import StaticSite
 from node.store import Store
 from node.ws import WsEndpoint
 
@@ -59,6 +60,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
     metrics = Metrics()
     app["metrics"] = metrics
     app["config"] = config
+    app.router.add_routes(StaticSite().routes())  # the web chat page at / (node/static.py)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         data_dir = config.data_dir
