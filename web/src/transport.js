@@ -18,7 +18,8 @@ export class BrowserTransport {
   constructor({ WebSocket = globalThis.WebSocket, fetch = globalThis.fetch } = {}) {
     if (!WebSocket || !fetch) throw new TransportError('BrowserTransport needs WebSocket and fetch');
     this.WebSocket = WebSocket;
-    this.fetch = fetch;
+    // Browsers refuse `fetch` called as a method of another object ("Illegal invocation").
+    this.fetch = (...args) => fetch.call(globalThis, ...args);
   }
 
   openSocket(url, handlers) {
