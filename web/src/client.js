@@ -334,11 +334,13 @@ export class Client {
       .map(([device, d]) => ({ device, name: d.name, ed25519: d.ed25519, trusted: d.trusted }));
   }
 
-  /** The safety number of this user and `user` from the devices trusted now (docs/e2ee.md §2). */
+  /** The safety number of this user and `user` over their listed device keys (docs/e2ee.md §2). */
   safetyNumber(user) {
     const me = this.session?.user;
     if (!me || !this.directory) throw new YanziError('not_logged_in', 'log in first');
-    const keysOf = (u) => this.directory.trustedDevices(u).map((d) => d.ed25519);
+    // Every listed key, trusted or not: comparing the number is how a changed key is checked
+    // before trust() (docs/e2ee.md §2).
+    const keysOf = (u) => this.directory.listedDevices(u).map((d) => d.ed25519);
     if (!this.directory.users[user]) throw new YanziError('unknown_user', `no devices of ${user} known yet: await devices(user) first`);
     return e2ee.safetyNumber(me, keysOf(me), user, keysOf(user));
   }

@@ -43,6 +43,15 @@ export class Directory {
       .map(([device, d]) => ({ user, device, ed25519: d.ed25519, x25519: d.x25519 }));
   }
 
+  /** Every currently listed device of `user` (trusted or awaiting trust() after a key change),
+   * with its current key: what safety numbers cover (docs/e2ee.md §2). */
+  listedDevices(user) {
+    const devices = this.users[user]?.devices ?? {};
+    return Object.entries(devices)
+      .filter(([, d]) => d.listed !== false)
+      .map(([device, d]) => ({ user, device, ed25519: d.ed25519, x25519: d.x25519 }));
+  }
+
   /** Refresh `user`'s devices unless fetched within `maxAgeMs`; one request at a time per user. */
   async refresh(user, { maxAgeMs = 0 } = {}) {
     const last = this.fetchedMs.get(user);
