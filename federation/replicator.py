@@ -358,19 +358,24 @@ class Replicator:
             self.request_repair(ConvId(conv), env.sender)
 
     async def discover_user(self, user: str) -> int:
-        """Ask live peers which conversations `user` is in; host and repair each. For a user
-        who roams to this node: the node fetches the history it did not host."""
+        """Ask live peers which conversations `user` is in; host and pull each. For a user
+        who roams to this node: the node fetches the history it did not host, and returns
+        once it has it (callers bound the wait), so the user's first sync here is complete."""
         found: set[str] = set()
         for peer in self.alive_peers():
             reply = await self._request(peer.node_id, "convs_req", {"user": user})
             if reply is None or reply.kind != "convs_rep":
                 continue
             convs = reply.body.get("convs")
-            if isinstance(convs, list):
-                found.update(c for c in convs if isinstance(c, str))
-            for conv in found:
+            theirs = {c for c in convs if isinstance(c, str)} if isinstance(convs, list) else set()
+            for conv in sorted(theirs):
                 await self.host(ConvId(conv))
-                self.request_repair(ConvId(conv), peer.node_id)
+                try:
+                    await self.pull(ConvId(conv), peer.node_id)
+                except Exception:
+                    log.exception("pulling %s from %s failed; queued for repair", conv, peer)
+                    self.request_repair(ConvId(conv), peer.node_id)
+            found |= theirs
         return len(found)
 
     # -- anti-entropy -------------------------------------------------------------------------

@@ -78,6 +78,7 @@ class Federation:
         self.accounts_sync: AccountsSync | None = None
         self.local_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._adopting: dict[str, asyncio.Task[None]] = {}
         self._last_roster_push = 0.0
         self._started = time.time()
         self._stopping = False  # stop() drains and closes NATS: that disconnect is expected
@@ -350,7 +351,21 @@ class Federation:
         if user in self.local_users:
             return
         self.local_users.add(user)
-        self._spawn(self._adopt_user(user))
+        task = asyncio.create_task(self._adopt_user(user), name=f"adopt-{user}")
+        self._tasks.add(task)
+        self._adopting[user] = task
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._adopting.pop(user, None))
+
+    async def user_settled(self, user: str, timeout_s: float = 5.0) -> None:
+        """Before answering a user's sync here: make them local, and give the node a bounded
+        moment to fetch from peers the conversations it did not host (a roaming client's first
+        sync at a new edge would otherwise come back short; nothing is lost either way, since
+        the cursor only advances over what was returned)."""
+        self.note_local_user(user)
+        task = self._adopting.get(user)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout_s)
 
     async def _adopt_user(self, user: str) -> None:
         await self.store.commit([Put("local_users", user.encode(), b"")])

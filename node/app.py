@@ -97,7 +97,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         )
         await asyncio.to_thread(hub.load)
         # Every new op this node accepts from a client, whichever endpoint, once (not retries).
-        hub.on_local_op.append(lambda op: metrics.sends.labels(op.kind).inc())
+        hub.on_local_op.append(lambda op: metrics.send(op.kind))
         sessions.contacts = hub.contacts
         metrics.lmdb_size.set_function(store.size_bytes)
         metrics.ops_stored.set_function(lambda: sum(len(log) for log in hub.logs.values()))
@@ -120,6 +120,7 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         sessions.on_first_session.append(federation.note_local_user)
         api = HttpApi(config=config, accounts=accounts, hub=hub, sessions=sessions, metrics=metrics)
         api.on_login.append(federation.note_local_user)
+        api.before_sync.append(federation.user_settled)
         ws = WsEndpoint(
             config=config, accounts=accounts, hub=hub, sessions=sessions, metrics=metrics
         )

@@ -97,6 +97,8 @@ class HttpApi:
         self.sessions = sessions
         self.metrics = metrics
         self.on_login: list[Callable[[str], None]] = []
+        # Awaited before a sync is answered (federation: fetch a roaming user's conversations).
+        self.before_sync: list[Callable[[str], Awaitable[None]]] = []
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -332,6 +334,8 @@ class HttpApi:
         limit = self._int_query(
             request, "limit", self.config.max_sync_page, self.config.max_sync_page
         )
+        for hook in self.before_sync:
+            await hook(who.user)
         return self._sync(who, request.query.get("cursor", ""), limit)
 
     async def sync_post(self, request: web.Request) -> web.Response:
@@ -347,6 +351,8 @@ class HttpApi:
             raise ClientError(
                 "bad_request", f"limit must be an integer from 1 to {self.config.max_sync_page}"
             )
+        for hook in self.before_sync:
+            await hook(who.user)
         return self._sync(who, cursor, limit)
 
     def _sync(self, who: Identity, cursor_text: str, limit: int) -> web.Response:
