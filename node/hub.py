@@ -309,10 +309,11 @@ class Hub:
         op = self._stamp(content, send.dsig)
         future: asyncio.Future[Op] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        wire = op.to_bytes()
         try:
             await self.store.commit(
                 [
-                    Put("ops", _op_key(op), op.to_bytes()),
+                    Put("ops", _op_key(op), wire),
                     Put("send_ids", key, json.dumps([op.conv, *op.dot.to_json()]).encode()),
                 ]
             )
@@ -330,7 +331,7 @@ class Hub:
             raise err from exc
         finally:
             del self._inflight[key]
-        self.accept(op)
+        self.accept(op, wire)
         future.set_result(op)
         return Ack(op, send.cmid)
 
@@ -459,20 +460,24 @@ class Hub:
         op = Op(content=content, hlc=hlc, dot=Dot(self.node_id, seq), dsig=dsig)
         return sign_envelope(op, self.node_key)
 
-    def accept(self, op: Op) -> None:
-        """Apply a durable local op to its log and deliver it to every member's sessions."""
-        self._apply_and_deliver(op)
+    def accept(self, op: Op, wire: bytes | None = None) -> None:
+        """Apply a durable local op to its log and deliver it to every member's sessions.
+        `wire`: op.to_bytes(), if the caller has it already."""
+        self._apply_and_deliver(op, wire)
         for callback in self.on_local_op:
             callback(op)
 
-    def _apply_and_deliver(self, op: Op) -> None:
+    def _apply_and_deliver(self, op: Op, wire: bytes | None = None) -> None:
         self._log(op.conv, create=True).apply(op)
         if op.kind in MEMBERSHIP_KINDS:
             before, after = self._reindex(op.conv)
             recipients = before | after | {op.target}
         else:
             recipients = self._members.get(op.conv, frozenset())
-        self.fanout.deliver(recipients, encode({"type": "op", "op": op.to_json()}))
+        # The frame embeds the op's canonical JSON, already made for LMDB: no second encoding.
+        # (It starts with node.sessions.OP_FRAME_PREFIX, which the fan-out counts op frames by.)
+        wire_text = (op.to_bytes() if wire is None else wire).decode()
+        self.fanout.deliver(recipients, '{"type":"op","op":' + wire_text + "}")
 
     async def accept_remote(self, ops: Iterable[Op]) -> RemoteResult:
         """Make ops from peers durable, apply them and deliver them to local sessions.
@@ -502,12 +507,13 @@ class Hub:
             fresh.append(op)
         if fresh:
             try:
-                await self.store.commit([Put("ops", _op_key(op), op.to_bytes()) for op in fresh])
+                wires = {op.op_id: op.to_bytes() for op in fresh}
+                await self.store.commit([Put("ops", _op_key(op), wires[op.op_id]) for op in fresh])
                 convs = {op.conv for op in fresh}
                 members_before = {conv: self._members.get(conv, frozenset()) for conv in convs}
                 for op in sorted(fresh, key=lambda o: o.order_key):
                     self.clock.observe(op.hlc, max(now, self.clock_ms()))
-                    self._apply_and_deliver(op)
+                    self._apply_and_deliver(op, wires[op.op_id])
                 for conv in convs:
                     self._reindex(conv)
                     self._catch_up_new_members(conv, members_before[conv], fresh)

@@ -16,6 +16,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self._children: dict[tuple[Counter, str], Counter] = {}
         self.connections = Gauge("yanzi_connections", "Open WebSocket sessions", registry=r)
         self.frames_in = Counter(
             "yanzi_frames_in_total", "Client frames received", ["type"], registry=r
@@ -63,6 +64,21 @@ class Metrics:
         self.lmdb_size = Gauge("yanzi_lmdb_size_bytes", "Size of the LMDB data file", registry=r)
         self.ops_stored = Gauge("yanzi_ops_stored", "Ops held in memory logs", registry=r)
         self.conversations = Gauge("yanzi_conversations", "Conversations on this node", registry=r)
+
+    def frame_in(self, kind: str) -> None:
+        self._child(self.frames_in, kind).inc()
+
+    def send(self, kind: str) -> None:
+        self._child(self.sends, kind).inc()
+
+    def _child(self, counter: Counter, label: str) -> Counter:
+        # labels() resolves (and validates) the label on every call: a few µs per frame on the
+        # hot path. Label values here are a small fixed set (frame types, op kinds).
+        key = (counter, label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(label)
+        return child
 
     def on_batch(self, batch_size: int, seconds: float) -> None:
         self.commit_batch.observe(batch_size)

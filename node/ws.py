@@ -165,7 +165,7 @@ class WsEndpoint:
                 continue
             try:
                 event = conn.receive(msg.data)
-                self.metrics.frames_in.labels(type(event).__name__.lower()).inc()
+                self.metrics.frame_in(type(event).__name__.lower())
                 # Typing fans out to every member too: unthrottled, one client could fill
                 # (and so close as slow) the queues of everyone it shares a conversation with.
                 if isinstance(event, Send | Typing) and not self.sessions.allow(
