@@ -311,19 +311,18 @@ class Replicator:
                 log.exception("applying remote ops failed; anti-entropy will retry")
 
     async def _apply_live(self, batches: list[tuple[str, list[Op]]]) -> None:
+        # A dot is a gap only if neither our log nor anything in this intake holds the dot
+        # before it (several envelopes of one conversation often arrive in one intake).
+        arriving = {(op.conv, op.dot.origin, op.dot.seq) for _, ops in batches for op in ops}
         for sender, ops in batches:
             for op in ops:
                 mlog = self.hub.logs.get(op.conv)
-                top = 0 if mlog is None else mlog.version_vector.top(op.dot.origin)
-                if op.dot.seq > top + 1 and not self._batch_covers(ops, op):
+                top = 0 if mlog is None else mlog.next_seq(op.dot.origin) - 1
+                previous = (op.conv, op.dot.origin, op.dot.seq - 1)
+                if op.dot.seq > top + 1 and previous not in arriving:
                     self.metrics.gaps.inc()
                     self.request_repair(op.conv, sender)
         await self._accept([op for _, ops in batches for op in ops], source="live")
-
-    @staticmethod
-    def _batch_covers(ops: list[Op], op: Op) -> bool:
-        """True if the batch itself holds the dot right before `op` (no gap then)."""
-        return any(o.dot.origin == op.dot.origin and o.dot.seq == op.dot.seq - 1 for o in ops)
 
     async def _accept(self, ops: list[Op], *, source: str) -> int:
         if not ops:

@@ -31,6 +31,7 @@ from crdt import (
     HybridClock,
     MessageLog,
     Op,
+    OpId,
     OrderKey,
     ReadMarkers,
     SignatureError,
@@ -109,6 +110,13 @@ def direct_conv_id(a: str, b: str) -> ConvId:
     """The one id two users' direct conversation has on every node: derived from the pair."""
     pair = "\x00".join(sorted((a, b))).encode()
     return ConvId(DIRECT_PREFIX + b64encode(hashlib.sha256(pair).digest()[:18]))
+
+
+def _op_frame(op: Op, wire: bytes | None = None) -> str:
+    """The live `op` frame. It embeds the op's canonical JSON, usually already made for LMDB,
+    so nothing is encoded twice; it starts with node.sessions.OP_FRAME_PREFIX, which the
+    fan-out counts op frames by."""
+    return '{"type":"op","op":' + (op.to_bytes() if wire is None else wire).decode() + "}"
 
 
 def _op_key(op: Op) -> bytes:
@@ -474,10 +482,7 @@ class Hub:
             recipients = before | after | {op.target}
         else:
             recipients = self._members.get(op.conv, frozenset())
-        # The frame embeds the op's canonical JSON, already made for LMDB: no second encoding.
-        # (It starts with node.sessions.OP_FRAME_PREFIX, which the fan-out counts op frames by.)
-        wire_text = (op.to_bytes() if wire is None else wire).decode()
-        self.fanout.deliver(recipients, '{"type":"op","op":' + wire_text + "}")
+        self.fanout.deliver(recipients, _op_frame(op, wire))
 
     async def accept_remote(self, ops: Iterable[Op]) -> RemoteResult:
         """Make ops from peers durable, apply them and deliver them to local sessions.
@@ -509,17 +514,35 @@ class Hub:
             try:
                 wires = {op.op_id: op.to_bytes() for op in fresh}
                 await self.store.commit([Put("ops", _op_key(op), wires[op.op_id]) for op in fresh])
-                convs = {op.conv for op in fresh}
-                members_before = {conv: self._members.get(conv, frozenset()) for conv in convs}
-                for op in sorted(fresh, key=lambda o: o.order_key):
-                    self.clock.observe(op.hlc, max(now, self.clock_ms()))
-                    self._apply_and_deliver(op, wires[op.op_id])
-                for conv in convs:
-                    self._reindex(conv)
-                    self._catch_up_new_members(conv, members_before[conv], fresh)
+                self._apply_remote(fresh, now, wires)
             finally:
                 self._remote_pending.difference_update(op.op_id for op in fresh)
         return RemoteResult(accepted=fresh, refused=refused, duplicates=duplicates)
+
+    def _apply_remote(self, fresh: list[Op], now: int, wires: dict[OpId, bytes]) -> None:
+        """Apply a durable batch of peer ops, then deliver them.
+
+        Membership is recomputed once per conversation per batch, not per op: peer ops often
+        arrive out of order (anti-entropy pages), and every recomputation of an out-of-order
+        log rebuilds its whole materialised state.
+        """
+        by_conv: dict[ConvId, list[Op]] = {}
+        for op in sorted(fresh, key=lambda o: o.order_key):
+            self.clock.observe(op.hlc, max(now, self.clock_ms()))
+            self._log(op.conv, create=True).apply(op)
+            by_conv.setdefault(op.conv, []).append(op)
+        for conv, ops in by_conv.items():
+            before = self._members.get(conv, frozenset())
+            if any(op.kind in MEMBERSHIP_KINDS for op in ops):
+                before, after = self._reindex(conv)
+            else:
+                after = before
+            for op in ops:
+                recipients = after
+                if op.kind in MEMBERSHIP_KINDS:
+                    recipients = before | after | {op.target}
+                self.fanout.deliver(recipients, _op_frame(op, wires[op.op_id]))
+            self._catch_up_new_members(conv, before, ops)
 
     def _catch_up_new_members(self, conv: ConvId, before: frozenset[str], fresh: list[Op]) -> None:
         """Hand users who just became members here the conversation's earlier ops.
@@ -536,7 +559,7 @@ class Hub:
         sent = {op.op_id for op in fresh}
         earlier = [op for op in self.logs[conv].ops() if op.op_id not in sent]
         for op in earlier[-CATCH_UP_OPS:]:
-            self.fanout.deliver(added, encode({"type": "op", "op": op.to_json()}))
+            self.fanout.deliver(added, _op_frame(op))
 
     # -- catch-up -----------------------------------------------------------------------------
 
