@@ -20,6 +20,7 @@ class ClientConfig:
     connect_timeout_s: float = 10.0  # TCP + WebSocket handshake + auth frame -> ready
     request_timeout_s: float = 15.0  # one HTTP request
     heartbeat_s: float = 20.0  # WebSocket ping interval; a missed pong drops the connection
+    app_ping_s: float = 25.0  # protocol-level ping frame interval (the node's idle timeout: 120 s)
     close_timeout_s: float = 2.0  # how long close() waits for the node's close frame
     # reconnect: exponential backoff with full jitter (Brooker, "Exponential Backoff And
     # Jitter", AWS Architecture Blog 2015): sleep uniform(0, min(max, base * 2**attempt)).
@@ -45,7 +46,13 @@ class ClientConfig:
             value = getattr(self, f.name)
             if f.name.endswith("_s") and (not isinstance(value, int | float) or value < 0):
                 raise InvalidRequest(f"{f.name} must be a number >= 0, not {value!r}")
-        for name in ("ack_timeout_s", "send_timeout_s", "connect_timeout_s", "request_timeout_s"):
+        for name in (
+            "ack_timeout_s",
+            "send_timeout_s",
+            "connect_timeout_s",
+            "request_timeout_s",
+            "app_ping_s",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidRequest(f"{name} must be > 0")
         if self.backoff_base_s <= 0 or self.backoff_max_s < self.backoff_base_s:

@@ -11,7 +11,9 @@ that is how the client fails over (yanzi.edges).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
@@ -273,12 +275,29 @@ class Link:
                 return ws, attempt
 
     async def _read(self, ws: Socket) -> None:
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self._on_text(msg.data)
-            elif msg.type == aiohttp.WSMsgType.ERROR:
-                log.info("socket error: %s", ws.exception())
-                break
+        # The node closes sessions that send no application frame for its idle timeout
+        # (WebSocket pongs do not count), so the link pings at the protocol level while open.
+        pinger = asyncio.get_running_loop().create_task(self._ping_loop(ws), name="yanzi-ping")
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_text(msg.data)
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    log.info("socket error: %s", ws.exception())
+                    break
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+
+    async def _ping_loop(self, ws: Socket) -> None:
+        """Owned by `_read`: a `ping` frame every `app_ping_s`; its `pong` is ignored."""
+        while True:
+            await asyncio.sleep(self._config.app_ping_s)
+            try:
+                await self._write(ws, json.dumps({"type": "ping", "id": next(self._rids)}))
+            except ConnectionLost:
+                return
 
     def _on_text(self, text: str) -> None:
         try:
