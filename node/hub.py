@@ -212,6 +212,8 @@ class Hub:
         self.logs: dict[ConvId, MessageLog] = {}
         self.markers: dict[ConvId, ReadMarkers] = {}
         self._convs_of: dict[str, set[ConvId]] = {}
+        # user -> conversations they were removed from (or left): sync tells them once.
+        self._former: dict[str, set[ConvId]] = {}
         self._members: dict[ConvId, frozenset[str]] = {}
         self._next_seq: dict[ConvId, int] = {}
         self._inflight: dict[bytes, asyncio.Future[Op]] = {}
@@ -238,6 +240,7 @@ class Hub:
         self._send_ids.seen.update(hash(key) for key, _ in self.store.scan("send_ids"))
         for conv in self.logs:
             self._reindex(conv)
+            self._note_former_members(conv)
         for key, raw in self.store.scan("markers"):
             conv_id, user = key.decode().split("\x00", 1)
             self.markers.setdefault(ConvId(conv_id), ReadMarkers()).set(
@@ -267,6 +270,26 @@ class Hub:
             found = self.logs[conv] = MessageLog(conv)
         return found
 
+    def _note_former_members(self, conv: ConvId) -> None:
+        """At start-up: users a visible member_remove took out of `conv` (and not re-added)."""
+        state = self.logs[conv].state
+        for op in self.logs[conv].ops():
+            if (
+                op.kind == "member_remove"
+                and op.op_id not in state.hidden
+                and op.target not in state.members
+            ):
+                self._former.setdefault(op.target, set()).add(conv)
+
+    def _removal_of(self, user: str, conv: ConvId) -> Op | None:
+        """The visible op that last took `user` out of `conv`."""
+        state = self.logs[conv].state
+        found = None
+        for op in self.logs[conv].ops():
+            if op.kind == "member_remove" and op.target == user and op.op_id not in state.hidden:
+                found = op
+        return found
+
     def _reindex(self, conv: ConvId) -> tuple[frozenset[str], frozenset[str]]:
         """Refresh the user -> conversations index; returns (members before, members after)."""
         before = self._members.get(conv, frozenset())
@@ -274,8 +297,10 @@ class Hub:
         if before != after:
             for user in before - after:
                 self._convs_of.get(user, set()).discard(conv)
+                self._former.setdefault(user, set()).add(conv)
             for user in after - before:
                 self._convs_of.setdefault(user, set()).add(conv)
+                self._former.get(user, set()).discard(conv)
             self._members[conv] = after
         return before, after
 
@@ -581,7 +606,25 @@ class Hub:
                 vv.add(op.dot)
             advance(new_cursor, conv, vv)
             out.extend(page)
+        if not more:
+            more = self._sync_former(user, cursor, new_cursor, out, limit)
         return out, new_cursor, more
+
+    def _sync_former(
+        self, user: str, cursor: Cursor, new_cursor: Cursor, out: list[Op], limit: int
+    ) -> bool:
+        """For conversations `user` was removed from: hand them the removal (a client offline
+        at the time would otherwise never learn it) and move their cursor past everything
+        there, which they may no longer read. Returns whether the page is full."""
+        for conv in sorted(self._former.get(user, ())):
+            mlog = self.logs[conv]
+            removal = self._removal_of(user, conv)
+            if removal is not None and removal.dot not in cursor_vv(cursor, conv):
+                if len(out) >= limit:
+                    return True
+                out.append(removal)
+            advance(new_cursor, conv, mlog.version_vector)
+        return False
 
     def history(
         self, user: str, conv: str, before: str | None, limit: int

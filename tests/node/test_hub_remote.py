@@ -49,3 +49,20 @@ async def test_remote_duplicates_and_drift_are_reported_not_applied(
     result = await here.hub.accept_remote([future])
     assert result.accepted == [] and "ahead" in result.refused[0][1]
     assert future.op_id not in here.hub.logs["g1"]  # type: ignore[index]
+
+
+async def test_a_member_removed_while_offline_is_told_once_and_sees_nothing_after(
+    pair: tuple[World, World],
+) -> None:
+    world, _ = pair
+    await world.group("alice", "g1", "bob")
+    await world.message("alice", "g1", "before")
+    ops, cursor, more = world.hub.sync("bob", {}, 100)
+    assert len(ops) == 2 and not more
+    removal = await world.send("alice", "g1", "member_remove", target="bob")
+    await world.message("alice", "g1", "after bob left")
+    for _ in range(2):  # and again after a restart, from what LMDB holds
+        ops, later, more = world.hub.sync("bob", cursor, 100)
+        assert [op.op_id for op in ops] == [removal.op_id] and not more
+        assert world.hub.sync("bob", later, 100)[0] == []
+        await world.reopen()
