@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from node.errors import ClientError
 from node.hub import DBS as HUB_DBS
 from node.hub import Hub
 from node.store import Delete, Put, Store
+from tests.federation.doubles import Audit, Everyone, StaticMesh
 from tests.helpers import eventually
 
 MESH = "testmesh0000000b"
@@ -40,34 +41,9 @@ CONFIG = FederationConfig(
 )
 
 
-class Everyone:
-    def device_key(self, user: str, device: str) -> None:
-        return None
-
-    def user_exists(self, user: str) -> bool:
-        return True
-
-
 class NoFanout:
     def deliver(self, users: Any, frame: str) -> None:
         pass
-
-
-@dataclass
-class StaticMesh:
-    members: set[str]
-    mesh_id: str = MESH
-
-    def is_member(self, node_id: str) -> bool:
-        return node_id in self.members
-
-
-@dataclass
-class Audit:
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def record(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
 
 
 @dataclass
@@ -159,7 +135,7 @@ async def natsd(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 async def mesh_of(tmp_path: Path, natsd: EmbeddedNats) -> AsyncIterator[Any]:
     """mesh_of(n) -> n connected stacks that see each other's heartbeats."""
     stacks: list[Stack] = []
-    mesh = StaticMesh(set())
+    mesh = StaticMesh(set(), MESH)
 
     async def make(n: int) -> list[Stack]:
         made = [await make_stack(tmp_path, f"n{i}", mesh) for i in range(n)]
@@ -340,7 +316,7 @@ def signed(
 
 async def test_lww_and_tombstones_converge_in_any_order(tmp_path: Path) -> None:
     x, y = SigningKey.generate(), SigningKey.generate()
-    mesh = StaticMesh(set())
+    mesh = StaticMesh(set(), MESH)
     records = [
         signed(x, 1, 1000, b'{"user":"zed","v":1}'),
         signed(y, 1, 2000, None),  # a delete: the newest write, so it wins
@@ -368,7 +344,7 @@ async def test_lww_and_tombstones_converge_in_any_order(tmp_path: Path) -> None:
 
 async def test_local_write_supersedes_a_future_remote_version(tmp_path: Path) -> None:
     remote = SigningKey.generate()
-    stack = await make_stack(tmp_path, "a", StaticMesh({node_id_for(remote.verify_key)}))
+    stack = await make_stack(tmp_path, "a", StaticMesh({node_id_for(remote.verify_key)}, MESH))
     far = stack.sync.clock_ms() + 10**9  # a peer with a clock far ahead
     await stack.sync.apply([signed(remote, 1, far, b'{"user":"zed"}')])
     extra = stack.sync.record([Delete("users", b"zed")])
@@ -380,7 +356,7 @@ async def test_local_write_supersedes_a_future_remote_version(tmp_path: Path) ->
 
 
 async def test_restart_keeps_seqs_dense_and_journals_unjournaled_rows(tmp_path: Path) -> None:
-    mesh = StaticMesh(set())
+    mesh = StaticMesh(set(), MESH)
     key = SigningKey.generate()
     # A standalone node (no journal) registers a user before it joins a mesh.
     store = Store(tmp_path / "a", dbs=(*ACCOUNT_DBS, *HUB_DBS, *SYNC_DBS), sync=False)
@@ -406,7 +382,7 @@ async def test_restart_keeps_seqs_dense_and_journals_unjournaled_rows(tmp_path: 
 
 
 async def test_failed_commit_gives_its_seqs_back(tmp_path: Path) -> None:
-    stack = await make_stack(tmp_path, "a", StaticMesh(set()))
+    stack = await make_stack(tmp_path, "a", StaticMesh(set(), MESH))
     extra = stack.sync.record([Put("users", b"ghost", b"{}")])
     stack.sync.failed(extra)
     await stack.accounts.register("real", PASSWORD)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,10 @@ from federation.subjects import Subjects
 from node.hub import DBS, Hub, Identity
 from node.protocol import Send
 from node.store import Store
+from tests.federation.doubles import Audit, Everyone, StaticMesh
 from tests.helpers import eventually
 
 MESH = "testmesh0000000a"
-
-
-class Everyone:
-    def device_key(self, user: str, device: str) -> None:
-        return None
-
-    def user_exists(self, user: str) -> bool:
-        return True
 
 
 class Recorder:
@@ -55,23 +48,6 @@ class Recorder:
 
     def deliver(self, users: Any, frame: str) -> None:
         self.frames.append((set(users), frame))
-
-
-@dataclass
-class StaticMesh:
-    members: set[str]
-    mesh_id: str = MESH
-
-    def is_member(self, node_id: str) -> bool:
-        return node_id in self.members
-
-
-@dataclass
-class Audit:
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def record(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
 
 
 @dataclass
@@ -137,7 +113,7 @@ async def test_live_replication_interest_and_partition_heal(
 ) -> None:
     a = await make_stack(tmp_path, "a", {"alice"})
     b = await make_stack(tmp_path, "b", {"bob"})
-    mesh = StaticMesh({a.hub.node_id, b.hub.node_id})
+    mesh = StaticMesh({a.hub.node_id, b.hub.node_id}, MESH)
     await a.connect(natsd.url, mesh)
     await b.connect(natsd.url, mesh)
     assert a.replicator and b.replicator
@@ -184,7 +160,7 @@ async def test_envelopes_from_outside_the_roster_change_nothing(
     tmp_path: Path, natsd: EmbeddedNats
 ) -> None:
     a = await make_stack(tmp_path, "a", {"alice"})
-    mesh = StaticMesh({a.hub.node_id})
+    mesh = StaticMesh({a.hub.node_id}, MESH)
     await a.connect(natsd.url, mesh)
     await send(a, "alice", "c1", "g1", "create", attrs={"type": "group"})
     assert a.replicator is not None
