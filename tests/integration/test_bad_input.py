@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -781,8 +782,24 @@ async def test_a_typing_flood_does_not_knock_other_members_off(
     a, b, conv = pair
     attacker, victim = await api.ws(a), await api.ws(b)
     frame = json.dumps({"type": "typing", "conv": conv, "active": True})
+    started = time.monotonic()  # the node cannot take a flood frame before this
     for _ in range(3000):
         await attacker.ws.send_str(frame)
+
+    # The flooder is told (rate_limited); if it does not read its errors it may be closed as
+    # a slow consumer itself: that is its own business. Its pong (or its close) also marks the
+    # end of the flood: the node handles a session's frames in order, and stops at a close.
+    try:
+        assert (await attacker.request({"type": "ping"}, timeout=60))["type"] == "pong"
+        slow = False
+    except Closed as closed:
+        assert closed.code == 4008
+        slow = True
+    flood_s = time.monotonic() - started
+    errors = [f for f in attacker.backlog if f["type"] == "error"]
+    assert {f["code"] for f in errors} <= {"rate_limited"}
+    # A slow consumer's queue is dropped at its close (sessions.py): it may never see an error.
+    assert errors or slow
 
     # The victim's session survives and still gets real messages.
     again = await api.ws(a)
@@ -790,20 +807,14 @@ async def test_a_typing_flood_does_not_knock_other_members_off(
     async def sends_again() -> bool:  # the flooder's bucket refills first
         return (await again.message(conv, "real message"))["type"] == "ack"
 
-    await eventually(sends_again, timeout=5, interval=0.1)
+    await eventually(sends_again, timeout=10, interval=0.1)
+    # Typing frames of the flood were queued to the victim before this op: all are in its backlog.
     await victim.expect_op(conv, "real message")
     await assert_alive(victim, conv)
     typing = [f for f in victim.backlog if f["type"] == "typing"]
-    assert 0 < len(typing) <= 2 * RATE_BURST
-
-    # The flooder is told (rate_limited); if it does not read its errors it may be closed as
-    # a slow consumer itself: that is its own business.
-    try:
-        assert (await attacker.request({"type": "ping"}, timeout=30))["type"] == "pong"
-    except Closed as closed:
-        assert closed.code == 4008
-    errors = [f for f in attacker.backlog if f["type"] == "error"]
-    assert errors and {f["code"] for f in errors} == {"rate_limited"}
+    # The bucket lets through its burst, then RATE_PER_S a second while the flood lasts (a
+    # loaded machine may take more than a second to get through 3000 frames).
+    assert 0 < len(typing) <= RATE_BURST + RATE_PER_S * flood_s + 1, (len(typing), flood_s)
 
 
 garbage_frames = st.lists(
