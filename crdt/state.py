@@ -13,6 +13,9 @@ Rules (see docs/crdt.md for the reasoning):
 - member_add/member_remove/member_role: group only; admins add members/admins, owners anyone;
   you may remove someone of lower rank, or yourself; only owners change roles.
 - settings: group admins/owners, any member of a direct conversation.
+- retries (every kind): among ops with the same (author, device, attrs.cmid), only the first
+  that would count is visible; later ones are hidden ("exists"). attrs.cmid, when present,
+  is a 1-64 char string, and it is never a setting.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ConvType = Literal["direct", "group"]
 _NO_REACTIONS: Mapping[str, Mapping[OpId, UserId]] = MappingProxyType({})
 RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 MAX_REACTION_KEY = 64
+MAX_CMID = 64
 
 
 RefusalKind = Literal["missing", "forbidden", "invalid", "exists"]
@@ -123,6 +127,8 @@ class ConversationState:
         self.hidden: set[OpId] = set()
         self.last_key: OrderKey | None = None
         self._reacts: dict[OpId, tuple[OpId, str]] = {}  # react op -> (message, key)
+        # (author, device, attrs.cmid) -> the visible op that used it first (retry de-dup)
+        self._cmids: dict[tuple[str, str, str], OpId] = {}
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -152,6 +158,13 @@ class ConversationState:
             if self.messages[i].op.author != user and not self.messages[i].deleted
         )
 
+    def retry_of(self, op: Content) -> OpId | None:
+        """The visible op an op with this content's (author, device, attrs.cmid) would retry."""
+        cmid = op.attrs.get("cmid")
+        if not isinstance(cmid, str):
+            return None
+        return self._cmids.get((op.author, op.device, cmid))
+
     def __iter__(self) -> Iterator[MessageState]:
         return iter(self.messages.values())
 
@@ -164,6 +177,9 @@ class ConversationState:
             self.hidden.add(op.op_id)
             return False
         self._mutate(op)
+        cmid = op.content.attrs.get("cmid")
+        if isinstance(cmid, str):
+            self._cmids[(op.author, op.content.device, cmid)] = op.op_id
         return True
 
     def _rank(self, user: str) -> int:
@@ -178,6 +194,12 @@ class ConversationState:
         """
         kind, author = op.kind, op.author
         attrs = op.attrs
+        if "cmid" in attrs:
+            cmid = attrs["cmid"]
+            if not isinstance(cmid, str) or not 0 < len(cmid) <= MAX_CMID:
+                return Refusal(f"attrs.cmid must be a string of 1-{MAX_CMID} chars", "invalid")
+            if (author, op.device, cmid) in self._cmids:
+                return Refusal("a retry of an op already applied (same cmid)", "exists")
         if kind == "create":
             return self._create_refusal(op)
         if self.conv_type is None:
@@ -337,7 +359,7 @@ class ConversationState:
                     if not adds:
                         del target._reactions[rkey]
         elif kind == "settings":
-            self.settings.update(attrs)
+            self.settings.update((k, v) for k, v in attrs.items() if k != "cmid")
         elif kind == "member_add":
             self.members[UserId(op.target)] = str(attrs.get("role", "member"))
         elif kind == "member_remove":

@@ -457,3 +457,56 @@ def test_marker_from_json_raises_only_decode_error(value: object) -> None:
     except DecodeError:
         return
     assert isinstance(marker, tuple) and len(marker) == 4
+
+
+# -- retries (attrs.cmid) -----------------------------------------------------------------------
+
+
+@st.composite
+def retried_sends(draw: st.DrawFn) -> list[Op]:
+    """A group, then sends of a few kinds at several nodes, many reusing a (user, cmid)."""
+    origins = [Origin(f"n{i}") for i in range(draw(st.integers(1, 3)))]
+    create = create_group(origins[0], 1, members=USERS[1:3])
+    for other in origins[1:]:
+        other.receive(create, 1)
+    ops = [create]
+    for now in range(2, draw(st.integers(2, 12)) + 2):
+        origin = draw(st.sampled_from(origins))
+        author = draw(st.sampled_from([OWNER, *USERS[1:3]]))
+        attrs: dict[str, AttrValue] = {"cmid": draw(st.sampled_from(["c1", "c2", "c3"]))}
+        if draw(st.booleans()):
+            ops.append(origin.stamp("message", author, now, attrs=attrs, body=b"x"))
+        else:
+            ops.append(origin.stamp("settings", author, now, attrs={**attrs, "title": str(now)}))
+    return ops
+
+
+@given(retried_sends(), st.data())
+def test_retries_converge_and_count_once(ops: list[Op], data: st.DataObject) -> None:
+    order = data.draw(shuffled_with_duplicates(ops))
+    state = log_of(order).state
+    assert log_of(ops).view().to_bytes() == log_of(order).view().to_bytes()
+    first: dict[tuple[str, str, object], Op] = {}
+    for op in sorted(ops, key=lambda o: o.order_key):
+        key = (op.author, op.content.device, op.content.attrs.get("cmid"))
+        if op.op_id not in state.hidden:
+            assert key not in first, "a retry shows twice"
+            first[key] = op
+    shown = [(m.op.author, m.attrs["cmid"]) for m in state]
+    assert len(shown) == len(set(shown))
+    assert "cmid" not in state.settings
+
+
+def test_a_retry_is_refused_as_exists_and_answers_with_the_first() -> None:
+    a, b, create = pair()
+    first = a.stamp("message", u1, 2, attrs={"cmid": "m-1"}, body=b"hi")
+    again = b.stamp("message", u1, 3, attrs={"cmid": "m-1"}, body=b"hi")
+    other_device = b.stamp("message", u2, 4, attrs={"cmid": "m-1"}, body=b"hi")
+    state = converged([create, first, again, other_device])
+    assert again.op_id in state.hidden and first.op_id not in state.hidden
+    assert other_device.op_id not in state.hidden  # another author: another key
+    reason = state.refusal(again.content)
+    assert reason is not None and reason.kind == "exists" and "same cmid" in reason
+    assert state.retry_of(again.content) == first.op_id
+    bad = a.stamp("message", u1, 5, attrs={"cmid": 7})
+    assert bad.op_id in converged([create, bad]).hidden
