@@ -339,6 +339,8 @@ class Hub:
         if done is not None:
             return Ack(done, send.cmid)
         content = self._validate(who, send)
+        if isinstance(content, Op):
+            return Ack(content, send.cmid)  # a retry of an op not in send_ids (see _validate)
         op = self._stamp(content, send.dsig)
         future: asyncio.Future[Op] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -382,7 +384,7 @@ class Hub:
         mlog = self.logs.get(ConvId(conv))
         return None if mlog is None else mlog.by_dot(Dot(origin, seq))
 
-    def _validate(self, who: Identity, send: Send) -> Content:
+    def _validate(self, who: Identity, send: Send) -> Content | Op:
         try:
             content = Content(
                 conv=ConvId(send.conv),
@@ -395,6 +397,8 @@ class Hub:
             )
         except CrdtError as exc:
             raise ClientError("bad_frame", str(exc)) from None
+        if "cmid" in content.attrs and content.attrs["cmid"] != send.cmid:
+            raise ClientError("bad_frame", "attrs.cmid, when present, must equal the send's cmid")
         self._check_signature(content, send.dsig)
         conv = ConvId(send.conv)
         if send.kind == "create":
@@ -404,6 +408,13 @@ class Hub:
             state = self.member_log(who.user, conv).state
         reason = state.refusal(content)
         if reason is not None:
+            retried = state.retry_of(content)
+            if retried is not None and send.kind != "create":
+                # The fold would hide it as a retry: answer with the op it retries (held
+                # here, e.g. replicated before this node indexed peer ops by cmid).
+                op = self.logs[conv].get(retried) if conv in self.logs else None
+                if op is not None:
+                    return op
             raise ClientError(REFUSAL_CODES[reason.kind], reason)
         if send.kind == "unreact":
             self._check_unreact(state, content)
@@ -538,11 +549,35 @@ class Hub:
         if fresh:
             try:
                 wires = {op.op_id: op.to_bytes() for op in fresh}
-                await self.store.commit([Put("ops", _op_key(op), wires[op.op_id]) for op in fresh])
+                retried = self._remote_send_ids(fresh)
+                await self.store.commit(
+                    [Put("ops", _op_key(op), wires[op.op_id]) for op in fresh]
+                    + [
+                        Put("send_ids", key, json.dumps([op.conv, *op.dot.to_json()]).encode())
+                        for key, op in retried.items()
+                    ]
+                )
+                for key, op in retried.items():
+                    self._send_ids.add(key, op)
                 self._apply_remote(fresh, now, wires)
             finally:
                 self._remote_pending.difference_update(op.op_id for op in fresh)
         return RemoteResult(accepted=fresh, refused=refused, duplicates=duplicates)
+
+    def _remote_send_ids(self, fresh: list[Op]) -> dict[bytes, Op]:
+        """send_ids entries for peer ops that carry attrs.cmid, so a client that fails over
+        and retries here gets the original op's ack. Of two ops with one key (sent at two
+        nodes while partitioned), the first in total order wins, as in the fold."""
+        out: dict[bytes, Op] = {}
+        for op in fresh:
+            cmid = op.content.attrs.get("cmid")
+            if not isinstance(cmid, str):
+                continue
+            key = _send_id_key(op.author, op.content.device, op.conv, cmid)
+            known = out.get(key) or self._already_done(key)
+            if known is None or op.order_key < known.order_key:
+                out[key] = op
+        return out
 
     def _apply_remote(self, fresh: list[Op], now: int, wires: dict[OpId, bytes]) -> None:
         """Apply a durable batch of peer ops, then deliver them.

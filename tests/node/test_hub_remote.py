@@ -66,3 +66,17 @@ async def test_a_member_removed_while_offline_is_told_once_and_sees_nothing_afte
         assert [op.op_id for op in ops] == [removal.op_id] and not more
         assert world.hub.sync("bob", later, 100)[0] == []
         await world.reopen()
+
+
+async def test_a_retry_after_failover_returns_the_remote_op(pair: tuple[World, World]) -> None:
+    origin, here = pair
+    create = await origin.group("alice", "g1", "bob")
+    sent = await origin.message("alice", "g1", "once", cmid="m-1", attrs={"cmid": "m-1"})
+    await here.hub.accept_remote([create, sent])
+    # alice fails over to `here` and retries with the same cmid (same user and device).
+    again = await here.message("alice", "g1", "once", cmid="m-1", attrs={"cmid": "m-1"})
+    assert again.op_id == sent.op_id
+    assert len(here.hub.logs["g1"]) == 2  # type: ignore[index]
+    assert await here.refused("alice", "g1", body=b"x", cmid="m-2", attrs={"cmid": "m-3"}) == (
+        "bad_frame"
+    )
