@@ -63,14 +63,26 @@ class Draft:
             raise InvalidRequest(str(exc)) from None
 
     def sign(self, user: str, device: str, key: SigningKey) -> Draft:
-        """Attach the device's Ed25519 signature over canonical(content) (DESIGN.md decision 4)."""
-        dsig = sign_content(self.content(user, device), key)
+        """Attach the device's Ed25519 signature over canonical(content) (DESIGN.md decision 4).
+
+        The signed content carries the cmid as attrs["cmid"], so every replica hides a retry
+        of this op, whichever node it reaches (docs/crdt.md)."""
+        attrs = {**self.attrs, "cmid": self.cmid}
+        unsigned = Draft(
+            cmid=self.cmid,
+            conv=self.conv,
+            kind=self.kind,
+            target=self.target,
+            attrs=attrs,
+            body=self.body,
+        )
+        dsig = sign_content(unsigned.content(user, device), key)
         return Draft(
             cmid=self.cmid,
             conv=self.conv,
             kind=self.kind,
             target=self.target,
-            attrs=self.attrs,
+            attrs=attrs,
             body=self.body,
             dsig=dsig,
         )

@@ -303,17 +303,24 @@ async def test_a_replayed_ciphertext_is_detected_and_hidden(make: MakeClient) ->
     original = await alice.send(conv, "pay bob 10 yuan")
     await eventually(lambda: texts(bob, conv) == ["pay bob 10 yuan"])
 
-    # Someone with alice's token (or a node) posts the same signed content again.
+    # Someone with alice's token (or a node) posts the same signed content again: it carries
+    # attrs.cmid, so the node answers with the original op and stores nothing.
     op = next(o for o in bob.ops(conv) if o.op_id == original.op_id)
+    token = alice.keystore.token or ""
+    same = {
+        "cmid": op.content.attrs["cmid"],
+        "conv": conv,
+        "kind": "message",
+        "attrs": dict(op.content.attrs),
+        "body": b64encode(op.content.body),
+        "dsig": b64encode(op.dsig),
+    }
+    assert (await alice._http_api().post_op(token, same))["op_id"] == original.op_id
+    # The ciphertext replayed in a content without attrs.cmid (unsigned: this node does not
+    # require signatures) is a new op, and the E2EE layer catches it.
     replayed = await alice._http_api().post_op(
-        alice.keystore.token or "",
-        {
-            "cmid": "replay-1",
-            "conv": conv,
-            "kind": "message",
-            "body": b64encode(op.content.body),
-            "dsig": b64encode(op.dsig),
-        },
+        token,
+        {"cmid": "replay-1", "conv": conv, "kind": "message", "body": b64encode(op.content.body)},
     )
     await eventually(lambda: bob_rec.of(Replay))
     assert bob_rec.of(Replay) == [

@@ -126,9 +126,10 @@ def test_draft_signature_verifies_as_the_node_checks_it() -> None:
         author=UserId("alice"),
         device=DeviceId("d1"),
         target="abc",
-        attrs={"key": "👍"},
+        attrs={"key": "👍", "cmid": "c1"},  # the SDK signs the cmid into the content
     )
     verify_content(content, signed.dsig, key.verify_key)
+    assert signed.to_json()["attrs"] == {"key": "👍", "cmid": "c1"}
     assert signed.to_json()["dsig"] and "body" not in signed.to_json()
     with pytest.raises(InvalidRequest):
         Draft(cmid="c2", conv="bad conv id!", kind="message").sign("alice", "d1", key)

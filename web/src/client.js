@@ -844,9 +844,12 @@ export class Client {
     const me = this.session?.user;
     if (!me) throw new YanziError('not_logged_in', 'log in first');
     if (!cmid) await this.entropy();
+    cmid = cmid ?? 'c-' + randomId(16);
+    // The cmid goes into the signed content too: every replica hides a retry of it (docs/crdt.md).
+    attrs = { ...attrs, cmid };
     const content = buildContent({ conv, kind, author: me, device: this.session.device ?? this.keys.device, target, attrs, body });
     const dsig = signContent(content, b64decode(this.keys.sign.sk));
-    const frame = { type: 'send', cmid: cmid ?? 'c-' + randomId(16), conv, kind, target, attrs, body, dsig };
+    const frame = { type: 'send', cmid, conv, kind, target, attrs, body, dsig };
     return new Promise((resolve, reject) => {
       const p = { frame, resolve, reject, attempt: 0 };
       this.pending.set(frame.cmid, p);

@@ -22,6 +22,10 @@ export function dependencies(op) {
 
 const byCodePoint = (a, b) => compareCodePoints(a, b);
 
+const MAX_CMID = 64;
+// (author, device, attrs.cmid): a retry of an op already applied is hidden (docs/crdt.md)
+const cmidKey = (content, cmid) => `${content.author}\u0000${content.device}\u0000${cmid}`;
+
 export class ConversationState {
   constructor() {
     this.type = null; // 'direct' | 'group' | null
@@ -31,6 +35,7 @@ export class ConversationState {
     this.hidden = new Set();
     this.lastOp = null;
     this.reacts = new Map(); // react op id -> [message op id, key]
+    this.cmids = new Map(); // author NUL device NUL attrs.cmid -> the visible op that used it first
     /** op id of the last visible membership op (create, member_add, member_remove): E2EE rotates
      * an outbound chain whenever this changes (docs/e2ee.md §3). */
     this.membershipEpoch = null;
@@ -47,12 +52,19 @@ export class ConversationState {
       return false;
     }
     this.mutate(op);
+    const cmid = op.content.attrs?.cmid;
+    if (typeof cmid === 'string') this.cmids.set(cmidKey(op.content, cmid), op.opId);
     return true;
   }
 
   /** Why `content`, placed at the end of the order, would be hidden; null if it counts. */
   refusal(content) {
     const { kind, author, attrs } = content;
+    if (attrs && Object.hasOwn(attrs, 'cmid')) {
+      const cmid = attrs.cmid;
+      if (typeof cmid !== 'string' || cmid.length === 0 || [...cmid].length > MAX_CMID) return `attrs.cmid must be a string of 1-${MAX_CMID} chars`;
+      if (this.cmids.has(cmidKey(content, cmid))) return 'a retry of an op already applied (same cmid)';
+    }
     if (kind === 'create') return this.createRefusal(content);
     if (this.type === null) return 'the conversation does not exist yet';
     if (!this.members.has(author)) return 'the author is not a member';
@@ -193,7 +205,7 @@ export class ConversationState {
         break;
       }
       case 'settings':
-        Object.assign(this.settings, attrs);
+        for (const [k, v] of Object.entries(attrs)) if (k !== 'cmid') this.settings[k] = v;
         break;
       case 'member_add':
         this.members.set(target, String(attrs.role ?? 'member'));

@@ -94,7 +94,8 @@ test('auth is the first frame; sends carry a cmid and a valid dsig; a reconnect 
   await eventually(() => t.last.sent.find((f) => f.type === 'send'));
   const frame = t.last.sent.find((f) => f.type === 'send');
   assert.match(frame.cmid, /^c-[A-Za-z0-9_-]{22}$/);
-  const content = buildContent({ conv: 'conv-1', kind: 'message', author: 'alice', device: c.device, body: b64encode(new TextEncoder().encode('hello')) });
+  assert.deepEqual(frame.attrs, { cmid: frame.cmid }); // the signed content carries the cmid
+  const content = buildContent({ conv: 'conv-1', kind: 'message', author: 'alice', device: c.device, attrs: { cmid: frame.cmid }, body: b64encode(new TextEncoder().encode('hello')) });
   assert.ok(verifyContent(content, frame.dsig, b64decode(c.keys.sign.pk)));
 
   // The connection drops before the ack: the client reconnects and resends the same cmid.
