@@ -19,6 +19,7 @@ from crdt.op import (
     Dot,
     NodeId,
     Op,
+    OpBytes,
     OpId,
     OpKind,
     OrderKey,
@@ -26,7 +27,14 @@ from crdt.op import (
     UserId,
     check_id,
 )
-from crdt.signing import node_id_for, sign_content, sign_envelope, verify_content, verify_envelope
+from crdt.signing import (
+    node_id_for,
+    sign_content,
+    sign_envelope,
+    stamp,
+    verify_content,
+    verify_envelope,
+)
 from crdt.state import ConversationState, ConversationView, MessageState, Refusal
 from crdt.vv import VersionVector
 
@@ -49,6 +57,7 @@ __all__ = [
     "MessageState",
     "NodeId",
     "Op",
+    "OpBytes",
     "OpId",
     "OpKind",
     "OrderKey",
@@ -74,6 +83,7 @@ __all__ = [
     "node_id_for",
     "sign_content",
     "sign_envelope",
+    "stamp",
     "strict_loads",
     "verify_content",
     "verify_envelope",

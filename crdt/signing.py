@@ -10,7 +10,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from crdt.canonical import b64decode, b64encode
 from crdt.errors import DecodeError, SignatureError
-from crdt.op import Content, NodeId, Op
+from crdt.hlc import Timestamp
+from crdt.op import Content, Dot, NodeId, Op, OpBytes
 
 
 def sign_content(content: Content, key: SigningKey) -> bytes:
@@ -27,6 +28,19 @@ def sign_envelope(op: Op, key: SigningKey) -> Op:
     """Return `op` with the origin node's signature over header + device signature."""
     nsig = bytes(key.sign(op.envelope_signing_bytes()).signature)
     return op.with_node_signature(nsig)
+
+
+def stamp(
+    content: Content, hlc: Timestamp, dot: Dot, dsig: bytes, key: SigningKey
+) -> tuple[Op, bytes]:
+    """A new op signed by its origin node, and its wire bytes: what `sign_envelope(Op(...))`
+    then `to_bytes()` give, with the content encoded once (`OpBytes`) instead of four times.
+    `content` is validated by its constructor; only `dsig`'s length is left to check."""
+    if not isinstance(dsig, bytes) or len(dsig) not in (0, 64):
+        raise DecodeError("signatures must be empty or 64 bytes")
+    parts = OpBytes.of(content, hlc, dot, dsig)
+    nsig = bytes(key.sign(parts.envelope).signature)
+    return Op._trusted(content, hlc, dot, dsig, nsig, parts.op_id), parts.wire(nsig)
 
 
 def verify_envelope(op: Op, key: VerifyKey) -> None:

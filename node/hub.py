@@ -42,7 +42,7 @@ from crdt import (
     cursor_vv,
     marker_from_json,
     node_id_for,
-    sign_envelope,
+    stamp,
     verify_content,
 )
 from node.errors import ClientError
@@ -341,10 +341,9 @@ class Hub:
         content = self._validate(who, send)
         if isinstance(content, Op):
             return Ack(content, send.cmid)  # a retry of an op not in send_ids (see _validate)
-        op = self._stamp(content, send.dsig)
+        op, wire = self._stamp(content, send.dsig)
         future: asyncio.Future[Op] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
-        wire = op.to_bytes()
         try:
             await self.store.commit(
                 [
@@ -494,15 +493,14 @@ class Hub:
                 f"{age // 1000} s old",
             )
 
-    def _stamp(self, content: Content, dsig: bytes) -> Op:
+    def _stamp(self, content: Content, dsig: bytes) -> tuple[Op, bytes]:
         conv = content.conv
         mlog = self.logs.get(conv)
         floor = mlog.next_seq(self.node_id) if mlog is not None else 1
         seq = max(floor, self._next_seq.get(conv, 1))
         self._next_seq[conv] = seq + 1
         hlc = self.clock.tick(self.clock_ms())
-        op = Op(content=content, hlc=hlc, dot=Dot(self.node_id, seq), dsig=dsig)
-        return sign_envelope(op, self.node_key)
+        return stamp(content, hlc, Dot(self.node_id, seq), dsig, self.node_key)
 
     def accept(self, op: Op, wire: bytes | None = None) -> None:
         """Apply a durable local op to its log and deliver it to every member's sessions.

@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 
 from crdt.canonical import MAX_SAFE_INT, b64encode, canonical_json, strict_loads
 from crdt.errors import DecodeError
@@ -31,6 +32,7 @@ from crdt.op import (
     UserId,
     compute_op_id,
 )
+from crdt.signing import sign_envelope, stamp, verify_envelope
 
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@=+/-"
 ids = st.text(alphabet=ID_ALPHABET, min_size=1, max_size=128)
@@ -44,6 +46,7 @@ attr_values = (
 )
 attrs = st.dictionaries(st.text(min_size=1, max_size=64), attr_values, max_size=5)
 signatures = st.just(b"") | st.binary(min_size=64, max_size=64)
+STAMP_KEY = SigningKey(bytes(range(32)))
 
 
 @st.composite
@@ -105,6 +108,33 @@ def test_op_id_is_stable_and_ignores_signatures(op: Op) -> None:
     unsigned = dataclasses.replace(op, dsig=b"", nsig=b"")
     assert unsigned.op_id == op.op_id
     assert len(op.op_id) == 43  # SHA-256, unpadded base64url
+
+
+@given(ops())
+def test_spliced_encodings_equal_canonical_json_of_the_whole_object(op: Op) -> None:
+    # OpBytes splices members in key order instead of encoding each object whole.
+    header = op.header_json()
+    digest = hashlib.sha256(canonical_json(header)).digest()
+    assert op.op_id == b64encode(digest)
+    assert op.envelope_signing_bytes() == canonical_json({**header, "dsig": b64encode(op.dsig)})
+    assert op.to_bytes() == canonical_json(op.to_json())
+
+
+@given(contents(), timestamps, dots, signatures)
+def test_stamp_is_sign_envelope_of_a_new_op(
+    content: Content, hlc: Timestamp, dot: Dot, dsig: bytes
+) -> None:
+    op, wire = stamp(content, hlc, dot, dsig, STAMP_KEY)
+    expected = sign_envelope(Op(content=content, hlc=hlc, dot=dot, dsig=dsig), STAMP_KEY)
+    assert op == expected and op.op_id == expected.op_id
+    assert wire == expected.to_bytes()
+    verify_envelope(Op.from_bytes(wire), STAMP_KEY.verify_key)
+
+
+def test_stamp_refuses_a_malformed_device_signature() -> None:
+    content = Content(conv=ConvId("c"), kind="message", author=UserId("u"), device=DeviceId("d"))
+    with pytest.raises(DecodeError):
+        stamp(content, Timestamp(1, 0), Dot(NodeId("n"), 1), b"short", STAMP_KEY)
 
 
 def test_op_id_known_answer() -> None:
