@@ -35,6 +35,7 @@ from crdt import (
     OrderKey,
     ReadMarkers,
     SignatureError,
+    Timestamp,
     UserId,
     VersionVector,
     advance,
@@ -47,7 +48,7 @@ from crdt import (
 )
 from node.errors import ClientError
 from node.protocol import Send, encode
-from node.store import Delete, Put, Store
+from node.store import Delete, Put, PutMade, Store
 
 log = logging.getLogger(__name__)
 # send_ids: (user, device, conv, cmid) -> the op it produced. cmids holds the older layout keyed
@@ -119,12 +120,34 @@ def _op_frame(op: Op, wire: bytes | None = None) -> str:
     return '{"type":"op","op":' + (op.to_bytes() if wire is None else wire).decode() + "}"
 
 
-def _op_key(op: Op) -> bytes:
-    return b"%s\x00%s\x00%s" % (
-        op.conv.encode(),
-        op.dot.origin.encode(),
-        struct.pack(">Q", op.dot.seq),
-    )
+def _op_key(conv: str, dot: Dot) -> bytes:
+    return b"%s\x00%s\x00%s" % (conv.encode(), dot.origin.encode(), struct.pack(">Q", dot.seq))
+
+
+class _Stamping:
+    """A new op's node signature and wire bytes, made on the store's writer thread.
+
+    The HLC and dot are taken on the event loop (they order the op); `make` runs `crdt.stamp`
+    (encode, Ed25519-sign) when the writer thread picks the commit up, so the signature —
+    libsodium releases the GIL — is computed beside the loop, not on it (node/store.PutMade).
+    """
+
+    __slots__ = ("_result", "content", "dot", "dsig", "hlc", "key")
+
+    def __init__(
+        self, content: Content, hlc: Timestamp, dot: Dot, dsig: bytes, key: SigningKey
+    ) -> None:
+        self.content, self.hlc, self.dot, self.dsig, self.key = content, hlc, dot, dsig, key
+        self._result: tuple[Op, bytes] | None = None
+
+    def make(self) -> bytes:
+        self._result = stamp(self.content, self.hlc, self.dot, self.dsig, self.key)
+        return self._result[1]
+
+    def result(self) -> tuple[Op, bytes]:
+        """The op and its wire bytes; only after the commit that made them succeeded."""
+        assert self._result is not None, "the commit did not make the op"
+        return self._result
 
 
 def _continuing(ops: list[Op], vv: VersionVector) -> list[Op]:
@@ -341,24 +364,26 @@ class Hub:
         content = self._validate(who, send)
         if isinstance(content, Op):
             return Ack(content, send.cmid)  # a retry of an op not in send_ids (see _validate)
-        op, wire = self._stamp(content, send.dsig)
+        stamping = self._stamp(content, send.dsig)
         future: asyncio.Future[Op] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        conv, dot = content.conv, stamping.dot
         try:
             await self.store.commit(
                 [
-                    Put("ops", _op_key(op), wire),
-                    Put("send_ids", key, json.dumps([op.conv, *op.dot.to_json()]).encode()),
+                    PutMade("ops", _op_key(conv, dot), stamping.make),
+                    Put("send_ids", key, json.dumps([conv, *dot.to_json()]).encode()),
                 ]
             )
+            op, wire = stamping.result()
             self._send_ids.add(key, op)  # before the _inflight entry goes (no await between)
         except Exception as exc:
-            log.exception("commit failed for conv %s", op.conv)
+            log.exception("commit failed for conv %s", conv)
             # Give the seq back if nothing was stamped after it; otherwise it stays a hole in
             # this origin's dots (cursors stall below it until the operator restarts the node,
             # which re-derives seqs from what LMDB holds).
-            if self._next_seq.get(op.conv) == op.dot.seq + 1:
-                self._next_seq[op.conv] = op.dot.seq
+            if self._next_seq.get(conv) == dot.seq + 1:
+                self._next_seq[conv] = dot.seq
             err = ClientError("unavailable", "the node could not store the op; retry later")
             future.set_exception(err)
             future.exception()  # retrieved: waiters re-raise it
@@ -493,14 +518,14 @@ class Hub:
                 f"{age // 1000} s old",
             )
 
-    def _stamp(self, content: Content, dsig: bytes) -> tuple[Op, bytes]:
+    def _stamp(self, content: Content, dsig: bytes) -> _Stamping:
         conv = content.conv
         mlog = self.logs.get(conv)
         floor = mlog.next_seq(self.node_id) if mlog is not None else 1
         seq = max(floor, self._next_seq.get(conv, 1))
         self._next_seq[conv] = seq + 1
         hlc = self.clock.tick(self.clock_ms())
-        return stamp(content, hlc, Dot(self.node_id, seq), dsig, self.node_key)
+        return _Stamping(content, hlc, Dot(self.node_id, seq), dsig, self.node_key)
 
     def accept(self, op: Op, wire: bytes | None = None) -> None:
         """Apply a durable local op to its log and deliver it to every member's sessions.
@@ -549,7 +574,7 @@ class Hub:
                 wires = {op.op_id: op.to_bytes() for op in fresh}
                 retried = self._remote_send_ids(fresh)
                 await self.store.commit(
-                    [Put("ops", _op_key(op), wires[op.op_id]) for op in fresh]
+                    [Put("ops", _op_key(op.conv, op.dot), wires[op.op_id]) for op in fresh]
                     + [
                         Put("send_ids", key, json.dumps([op.conv, *op.dot.to_json()]).encode())
                         for key, op in retried.items()

@@ -38,7 +38,7 @@ import lmdb
 
 from node.errors import NodeError
 
-__all__ = ["Delete", "Put", "Store", "StoreError", "Write"]
+__all__ = ["Delete", "Put", "PutMade", "Store", "StoreError", "Write"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,21 @@ class Delete:
     key: bytes
 
 
-Write: TypeAlias = Put | Delete
+@dataclass(frozen=True, slots=True)
+class PutMade:
+    """A Put whose value `make()` produces on the writer thread, once, before the transaction.
+
+    For values whose making releases the GIL: the hub signs each new op here (Ed25519 in
+    libsodium runs without the GIL), so the signature is computed beside the event loop
+    instead of on it. If `make` raises, that request fails and the rest of the group commits.
+    """
+
+    db: str
+    key: bytes
+    make: Callable[[], bytes]
+
+
+Write: TypeAlias = Put | Delete | PutMade
 
 #: Called with the exception (None on success) once a request's transaction is settled.
 _Done: TypeAlias = Callable[[BaseException | None], None]
@@ -79,6 +93,13 @@ class _Request:
 
 
 _STOP: Final = object()
+
+
+def _made_value(w: PutMade) -> bytes:
+    value = w.make()
+    if not isinstance(value, bytes):
+        raise StoreError(f"PutMade in db {w.db!r} made {type(value).__name__}, not bytes")
+    return value
 
 
 class _RemapGate:
@@ -299,17 +320,19 @@ class Store:
         with self._submit_lock:
             if self._closing:
                 raise StoreError("store is closed")
+        group = self._made([_Request(batch, done)])
         with self._write_lock:
             if not self._env_open:
                 raise StoreError("store is closed")
-            self._write_group([_Request(batch, done)])
+            if group:
+                self._write_group(group)
         result.result()
 
     def _validated(self, writes: Sequence[Write]) -> tuple[Write, ...]:
         batch = tuple(writes)
         for w in batch:
-            if not isinstance(w, Put | Delete):
-                raise StoreError(f"not a Put or Delete: {type(w).__name__}")
+            if not isinstance(w, Put | Delete | PutMade):
+                raise StoreError(f"not a Put, PutMade or Delete: {type(w).__name__}")
             if w.db not in self._dbs:
                 raise StoreError(f"unknown db {w.db!r}; this store has {self.DBS}")
             if not isinstance(w.key, bytes) or not 0 < len(w.key) <= self._max_key_size:
@@ -318,7 +341,29 @@ class Store:
                 )
             if isinstance(w, Put) and not isinstance(w.value, bytes):
                 raise StoreError(f"value in db {w.db!r} must be bytes, not {type(w.value)}")
+            if isinstance(w, PutMade) and not callable(w.make):
+                raise StoreError(f"PutMade in db {w.db!r} needs a callable, not {type(w.make)}")
         return batch
+
+    def _made(self, group: list[_Request]) -> list[_Request]:
+        """`group` with every PutMade's value made; a request whose `make` raised is settled
+        with that error and left out. Runs outside the transaction, so a retried transaction
+        (map growth, group failure) writes the same bytes without making them again."""
+        out: list[_Request] = []
+        for req in group:
+            if not any(isinstance(w, PutMade) for w in req.writes):
+                out.append(req)
+                continue
+            try:
+                writes = tuple(
+                    Put(w.db, w.key, _made_value(w)) if isinstance(w, PutMade) else w
+                    for w in req.writes
+                )
+            except Exception as exc:
+                self._settle(req, exc)
+            else:
+                out.append(_Request(writes, req.done))
+        return out
 
     # -- writer thread -----------------------------------------------------------------------
 
@@ -340,8 +385,10 @@ class Store:
                     break
                 assert isinstance(nxt, _Request)
                 group.append(nxt)
-            with self._write_lock:
-                self._write_group(group)
+            group = self._made(group)
+            if group:
+                with self._write_lock:
+                    self._write_group(group)
 
     def _write_group(self, group: list[_Request]) -> None:
         """Commit `group` in one txn; if that fails, each request alone. Settles every request."""
@@ -389,8 +436,10 @@ class Store:
                         for w in req.writes:
                             if isinstance(w, Put):
                                 txn.put(w.key, w.value, db=self._dbs[w.db])
-                            else:
+                            elif isinstance(w, Delete):
                                 txn.delete(w.key, db=self._dbs[w.db])
+                            else:  # _made() replaced every PutMade before the transaction
+                                raise StoreError("a PutMade reached the transaction unmade")
                 except BaseException:
                     txn.abort()
                     raise

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node.store import Delete, Put, Store, StoreError
+from node.store import Delete, Put, PutMade, Store, StoreError
 
 DBS = ("ops", "meta")
 WRITER = Path(__file__).with_name("_store_writer.py")
@@ -160,6 +160,37 @@ async def test_unknown_db_fails_only_that_call(store: Store) -> None:
         await store.commit([Put("ops", b"", b"empty key")])
     with pytest.raises(StoreError):
         await store.commit([Put("ops", b"x" * 600, b"key longer than LMDB allows")])
+
+
+async def test_put_made_is_made_once_on_the_writer_thread(store: Store) -> None:
+    threads: list[str] = []
+
+    def maker(i: int) -> PutMade:
+        def make() -> bytes:
+            threads.append(threading.current_thread().name)
+            return b"made%d" % i
+
+        return PutMade("ops", b"m%03d" % i, make)
+
+    def failing() -> bytes:
+        raise ValueError("cannot make this one")
+
+    calls = [store.commit([maker(i), Put("meta", b"m%03d" % i, b"x")]) for i in range(40)]
+    calls.insert(20, store.commit([Put("meta", b"half", b"x"), PutMade("ops", b"bad", failing)]))
+    calls.insert(5, store.commit([PutMade("ops", b"notbytes", lambda: "str")]))  # type: ignore
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[5], StoreError) and "not bytes" in str(results[5])
+    assert isinstance(results[21], StoreError)  # the maker's error reaches only its caller
+    assert "cannot make this one" in str(results[21])
+    assert [r for i, r in enumerate(results) if i not in (5, 21)] == [None] * 40
+    assert [store.get("ops", b"m%03d" % i) for i in range(40)] == [b"made%d" % i for i in range(40)]
+    assert store.get("meta", b"half") is None and store.get("ops", b"bad") is None  # atomic
+    assert len(threads) == 40  # each value made exactly once
+    assert threading.main_thread().name not in threads  # not on the event loop's thread
+    with pytest.raises(StoreError, match="callable"):
+        await store.commit([PutMade("ops", b"k", b"not callable")])  # type: ignore[arg-type]
+    store.commit_sync([PutMade("ops", b"sync", lambda: b"s")])  # commit_sync makes them too
+    assert store.get("ops", b"sync") == b"s"
 
 
 class _ShortLenKey(bytes):
