@@ -82,8 +82,11 @@ class PutMade:
 
 Write: TypeAlias = Put | Delete | PutMade
 
-#: Called with the exception (None on success) once a request's transaction is settled.
-_Done: TypeAlias = Callable[[BaseException | None], None]
+#: How a request is settled: a callback (commit_sync) called with the exception or None, or
+#: the future an awaiting commit() holds, resolved on its loop together with the rest of its
+#: group in one thread-safe hop.
+_Done: TypeAlias = Callable[[BaseException | None], None] | asyncio.Future[None]
+_Settled: TypeAlias = tuple[asyncio.Future[None], BaseException | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +151,14 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
-    if fut.done():  # the caller was cancelled; the write itself is not undone
-        return
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
+def _resolve(settled: list[_Settled]) -> None:
+    for fut, exc in settled:
+        if fut.done():  # the caller was cancelled; the write itself is not undone
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 class Store:
@@ -216,6 +220,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._settled: list[_Settled] = []
         self._thread: threading.Thread | None = None
         self._closing = False
         self._env_open = True
@@ -284,20 +289,13 @@ class Store:
         batch = self._validated(writes)
         if not batch:
             return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-
-        def done(exc: BaseException | None) -> None:
-            # RuntimeError: the caller's loop is closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, fut, exc)
-
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._submit_lock:
             if self._closing:
                 raise StoreError("store is closed")
             if self._thread is None:
                 raise StoreError("store not started: await Store.start() before commit()")
-            self._queue.put(_Request(batch, done))
+            self._queue.put(_Request(batch, fut))
         await fut
 
     def commit_sync(self, writes: Sequence[Write]) -> None:
@@ -389,6 +387,19 @@ class Store:
             if group:
                 with self._write_lock:
                     self._write_group(group)
+            self._resolve_settled()
+
+    def _resolve_settled(self) -> None:
+        """Hand the futures settled since the last call back to their loops: one wake-up per
+        loop per group, not one per request (each is a write to the loop's self-pipe)."""
+        settled, self._settled = self._settled, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+        for fut, exc in settled:
+            by_loop.setdefault(fut.get_loop(), []).append((fut, exc))
+        for loop, pairs in by_loop.items():
+            # RuntimeError: the caller's loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, pairs)
 
     def _write_group(self, group: list[_Request]) -> None:
         """Commit `group` in one txn; if that fails, each request alone. Settles every request."""
@@ -420,6 +431,9 @@ class Store:
                 wrapped = StoreError(f"write failed: {exc}")
                 wrapped.__cause__ = exc
                 exc = wrapped
+        if isinstance(req.done, asyncio.Future):
+            self._settled.append((req.done, exc))  # writer thread only; see _resolve_settled
+            return
         try:
             req.done(exc)
         except Exception:  # a broken callback must not kill the writer
