@@ -37,10 +37,10 @@ versions go to LMDB in one commit before the in-memory version vector moves.
 
 **Anti-entropy.** ``acct_req {"vv", "max_bytes"}`` to one peer (on its ``node.<id>`` subject,
 dispatched by the replicator) → ``acct_rep {"records", "more"}``: the journal records the
-requester lacks, paged below ~256 KiB; the requester applies each page and asks again. It runs
-when a peer (re)appears, after a NATS reconnect, on a gap in a live stream (pull from the
-sender), periodically with jitter, and when a request shows the requester holds records we lack
-(so one side reconnecting heals both directions).
+requester lacks, paged below ``ae_page_bytes`` and the server's ``max_payload``; the requester
+applies each page and asks again. It runs when a peer (re)appears, after a NATS reconnect, on a
+gap in a live stream (pull from the sender), periodically with jitter, and when a request shows
+the requester holds records we lack (so one side reconnecting heals both directions).
 
 **Known limitations.**
 

@@ -24,7 +24,7 @@ class FederationConfig:
     batch_delay_ms: float = 2.0  # how long live ops wait to share one envelope
     max_batch_ops: int = 256
     ae_interval_s: float = 30.0  # periodic anti-entropy, with +-50% jitter
-    ae_page_bytes: int = 256 * 1024  # below NATS max_payload (1 MiB by default)
+    ae_page_bytes: int = 1_000_000  # a page is also kept 4 KiB below the server's max_payload
     request_timeout_s: float = 5.0
     hello_interval_s: float = 2.0
     peer_timeout_s: float = 10.0  # a peer silent this long is considered down

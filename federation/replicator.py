@@ -432,7 +432,7 @@ class Replicator:
             if page and used + size > budget:
                 break
             page.append(wire)
-            used += size
+            used += size + 1  # and its comma
         return {"conv": conv, "ops": page, "more": len(page) < len(missing)}
 
     def _answer_digest(self, body: dict[str, Any]) -> dict[str, Any]:
