@@ -16,7 +16,8 @@ class FederationMetrics:
         )
         self.dropped = Counter(
             "yanzi_fed_dropped_total",
-            "Envelopes or ops dropped (forged, outside the roster, malformed, replayed, drift)",
+            "Envelopes or ops dropped (forged, not_in_roster, malformed, refused: a dot replayed"
+            " with other content, or clock drift)",
             ["reason"],
             registry=r,
         )

@@ -101,6 +101,9 @@ class Replicator:
         self.rng = rng or random.Random()
         self.subjects = Subjects(mesh.mesh_id)
         self.peers: dict[str, Peer] = {}
+        #: origin node -> replication lag of the latest live op from it (its HLC time there ->
+        #: committed here), for `yanzi mesh status`; the histogram has the distribution.
+        self.live_lag_s: dict[str, float] = {}
         self.extra_hello: Callable[[], dict[str, Any]] = dict
         self.on_hello: list[Callable[[Envelope], None]] = []
         #: Called with a roster peer's id when it (re)appears in the heartbeats.
@@ -330,7 +333,10 @@ class Replicator:
         result = await self.hub.accept_remote(ops)
         now_ms = time.time_ns() // 1_000_000
         for op in result.accepted:
-            self.metrics.lag.observe(max(0.0, (now_ms - op.hlc.l) / 1000))
+            lag_s = max(0.0, (now_ms - op.hlc.l) / 1000)
+            self.metrics.lag.observe(lag_s)
+            if source == "live":  # a repaired op is old by design: its age is not a lag
+                self.live_lag_s[op.dot.origin] = lag_s
             if op.conv not in self._subs:
                 await self.host(op.conv)
         for op, reason in result.refused:

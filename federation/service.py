@@ -409,6 +409,9 @@ class Federation:
                     "urls": info.urls,
                     "self": node == self.node_id,
                     "last_seen_s": None if peer is None else round(now - peer.last_seen, 1),
+                    "lag_ms": None
+                    if (lag := self.replicator.live_lag_s.get(node)) is None
+                    else round(lag * 1000, 1),
                     "up": node == self.node_id
                     or (peer is not None and now - peer.last_seen < self.config.peer_timeout_s),
                 }

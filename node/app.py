@@ -21,6 +21,7 @@ from node.accounts import DBS as ACCOUNT_DBS
 from node.accounts import Accounts
 from node.audit import AuditLog
 from node.config import NodeConfig
+from node.gc_policy import GcPolicy
 from node.http_api import HEALTH, Health, HttpApi, error_middleware
 from node.hub import DBS as HUB_DBS
 from node.hub import Hub
@@ -130,13 +131,18 @@ def build_app(config: NodeConfig, fed_config: FederationConfig | None = None) ->
         app["federation"] = federation
         health.node_id = hub.node_id
         health.ready = True
-        housekeeping = asyncio.create_task(_housekeeping(accounts), name="housekeeping")
+        background = [asyncio.create_task(_housekeeping(accounts), name="housekeeping")]
+        if config.gc_freeze_interval_s > 0:
+            gc_policy = GcPolicy(config.gc_freeze_interval_s, config.gc_full_interval_s)
+            gc_policy.start()  # the loaded logs go to the permanent generation at once
+            background.append(asyncio.create_task(gc_policy.run(), name="gc-policy"))
         try:
             yield
         finally:
             health.ready = False
-            housekeeping.cancel()
-            await asyncio.gather(housekeeping, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await federation.stop()
             await store.close()
             audit.close()

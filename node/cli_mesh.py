@@ -146,13 +146,14 @@ def _status(url: str, *, as_json: bool) -> int:
     print(f"mesh {status['mesh']}  node {status['node'][:12]}  region {status['region']}  "
           f"nats {'up' if status['nats_connected'] else 'DOWN'}  "
           f"conversations {status['hosted_conversations']}")  # fmt: skip
-    print(f"{'node':14} {'region':12} {'up':4} {'last seen':10} urls")
+    print(f"{'node':14} {'region':12} {'up':4} {'last seen':10} {'lag':10} urls")
     for m in status["members"]:
         seen = (
             "self" if m["self"] else ("-" if m["last_seen_s"] is None else f"{m['last_seen_s']}s")
         )
+        lag = "-" if m.get("lag_ms") is None else f"{m['lag_ms']}ms"
         print(f"{m['node'][:12]:14} {m['region']:12} {'yes' if m['up'] else 'NO':4} "
-              f"{seen:10} {' '.join(m['urls'])}")  # fmt: skip
+              f"{seen:10} {lag:10} {' '.join(m['urls'])}")  # fmt: skip
     for node in status["revoked"]:
         print(f"revoked: {node}")
     return 0

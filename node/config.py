@@ -59,6 +59,9 @@ class NodeConfig:
     max_clock_drift_ms: int = 60_000
     max_group_members: int = 10_000
     log_level: str = "INFO"
+    # garbage collection (node/gc_policy.py); gc_freeze_interval_s = 0: CPython's defaults
+    gc_freeze_interval_s: float = 1.0
+    gc_full_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -81,6 +84,7 @@ class NodeConfig:
             "token_ttl_s",
             "min_password_len",
             "max_group_members",
+            "gc_full_interval_s",
         )
         for name in positive:
             value = getattr(self, name)
@@ -92,6 +96,9 @@ class NodeConfig:
             raise ConfigError("max_frame_bytes must fit a base64 body of max_body_bytes")
         if self.recall_window_s < 0 or self.max_clock_drift_ms < 0:
             raise ConfigError("recall_window_s and max_clock_drift_ms must be >= 0")
+        if not (self.gc_freeze_interval_s >= 0 and math.isfinite(self.gc_freeze_interval_s)):
+            value = self.gc_freeze_interval_s
+            raise ConfigError(f"gc_freeze_interval_s must be a finite number >= 0, not {value}")
         if self.pwhash_level not in {"interactive", "moderate", "min"}:
             raise ConfigError(
                 f"pwhash_level must be interactive/moderate/min, not {self.pwhash_level}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -64,6 +65,12 @@ class Metrics:
         self.lmdb_size = Gauge("yanzi_lmdb_size_bytes", "Size of the LMDB data file", registry=r)
         self.ops_stored = Gauge("yanzi_ops_stored", "Ops held in memory logs", registry=r)
         self.conversations = Gauge("yanzi_conversations", "Conversations on this node", registry=r)
+        self.gc_frozen = Gauge(
+            "yanzi_gc_frozen_objects",
+            "Objects in the collector's permanent generation (node/gc_policy.py)",
+            registry=r,
+        )
+        self.gc_frozen.set_function(gc.get_freeze_count)
 
     def frame_in(self, kind: str) -> None:
         self._child(self.frames_in, kind).inc()

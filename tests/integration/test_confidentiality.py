@@ -110,7 +110,8 @@ async def test_no_plaintext_reaches_disk_logs_or_nats(
     a = mesh.init("a", "cn-east", server, YANZI_LOG_LEVEL="DEBUG")
     b = mesh.join("b", "cn-south", server, YANZI_LOG_LEVEL="DEBUG")
 
-    # Every payload on the mesh's subjects, from before the nodes start until they stop.
+    # Every payload NATS carries (the mesh subjects and the _INBOX replies to requests, which
+    # carry anti-entropy pages), from before the nodes start until they stop.
     recorded: list[bytes] = []
 
     async def record(msg: nats.aio.msg.Msg) -> None:
@@ -118,7 +119,7 @@ async def test_no_plaintext_reaches_disk_logs_or_nats(
 
     tap = await nats.connect(server.url)
     try:
-        await tap.subscribe("yanzi.>", cb=record)
+        await tap.subscribe(">", cb=record)
         await tap.flush()
         await mesh.start(a, b)
         await wait_mesh_up(http, [a, b])
@@ -177,6 +178,7 @@ async def test_no_plaintext_reaches_disk_logs_or_nats(
     wanted = needles(canary.encode())
     everything = b"".join(recorded)
     assert recorded, "the tap recorded no NATS traffic"
+    assert any(r.startswith(b"_INBOX.") for r in recorded), "no request reply was recorded"
     found = leaks(everything, wanted)
     assert not found, f"plaintext on NATS: {found[:1]}"
     # Control: the ciphertexts did cross NATS (alice wrote at A, bob and carol at B).

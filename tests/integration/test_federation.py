@@ -10,10 +10,13 @@ and invite expiry and single use.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats
@@ -129,6 +132,15 @@ async def test_cross_node_delivery(mesh: Mesh, http: aiohttp.ClientSession) -> N
     back = await alice_ws.expect_op(conv, "hi alice, from cn-south", timeout=20)
     assert back["dot"] == reply["dot"] and back["content"]["author"] == "bob"
 
+    # The operator's view: each node reports the other up, with the lag of its latest live op.
+    for node, other in ((a, b), (b, a)):
+        row = await eventually(functools.partial(_lag_reported, http, node, other), timeout=20)
+        assert row["up"] is True and 0 <= row["lag_ms"] < 20_000, row
+        shown = await asyncio.to_thread(yanzi, "mesh", "status", "--url", node.url)
+        assert shown.returncode == 0, shown.stderr
+        line = next(t for t in shown.stdout.splitlines() if t.startswith(other.node_id[:12]))
+        assert " yes " in line and re.search(r" \d+(\.\d+)?ms ", line), shown.stdout
+
     # Both nodes show the same conversation.
     texts = ["hello bob, from cn-east", "hi alice, from cn-south"]
     for api, who in ((at_a, alice), (at_b, bob)):
@@ -136,6 +148,15 @@ async def test_cross_node_delivery(mesh: Mesh, http: aiohttp.ClientSession) -> N
         assert [m["body"] for m in page["messages"]] == [body_of(t) for t in texts]
     await alice_ws.close()
     await bob_ws.close()
+
+
+async def _lag_reported(
+    http: aiohttp.ClientSession, node: MeshNode, other: MeshNode
+) -> dict[str, Any] | None:
+    """`other`'s row in `node`'s mesh status once it reports a lag, else None."""
+    rows = {m["node"]: m for m in (await status(http, node))["members"]}
+    row: dict[str, Any] = rows[other.node_id]
+    return row if row["lag_ms"] is not None else None
 
 
 async def shared_group(

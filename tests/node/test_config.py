@@ -101,6 +101,9 @@ def test_the_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch)
         ({"YANZI_RECALL_WINDOW_S": "-5"}, "recall_window_s"),
         ({"YANZI_PWHASH_LEVEL": "fast"}, "pwhash_level"),
         ({"YANZI_LOG_LEVEL": "chatty"}, "log_level"),
+        ({"YANZI_GC_FREEZE_INTERVAL_S": "-1"}, "gc_freeze_interval_s"),
+        ({"YANZI_GC_FREEZE_INTERVAL_S": "inf"}, "gc_freeze_interval_s"),
+        ({"YANZI_GC_FULL_INTERVAL_S": "0"}, "gc_full_interval_s"),
     ],
 )
 def test_invalid_values_name_the_field(env: dict[str, str], field: str) -> None:

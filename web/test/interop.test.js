@@ -100,8 +100,9 @@ async function jsUser(prefix, { e2ee = true } = {}) {
   return c;
 }
 
+// The Python SDK has E2EE; a peer that says otherwise is broken, and these tests must fail then.
 const probe = new PythonPeer('http://127.0.0.1:9', join(tmpdir(), 'yanzi-probe-unused.json'));
-const pythonHasE2ee = (await probe.call('features')).e2ee;
+assert.equal((await probe.call('features')).e2ee, true, 'the Python peer reports no E2EE');
 await probe.stop();
 
 test('plain chat: Python SDK and JS SDK with E2EE off', async () => {
@@ -116,22 +117,15 @@ test('plain chat: Python SDK and JS SDK with E2EE off', async () => {
   const sent = await py.call('send', { conv, text: '你好 from Python' });
   await eventually(() => js.messages(conv).find((m) => m.opId === sent.op_id)?.text === '你好 from Python', { what: 'JS reads Python' });
   assert.equal(js.messages(conv).find((x) => x.opId === sent.op_id).encrypted, false);
-  // Signatures are checked against the directory asynchronously: wait for the verdict. A Python
-  // SDK without E2EE registers no keys_sig, and a device record without a valid self-signature
-  // is ignored (docs/e2ee.md §1): its messages then show, but unverified.
-  if (pythonHasE2ee) {
-    await eventually(() => js.messages(conv).find((x) => x.opId === sent.op_id).verified, { what: 'the Python device signature verifies in JS' });
-  } else {
-    await js.devices(py.name);
-    assert.equal(js.messages(conv).find((x) => x.opId === sent.op_id).verified, false);
-  }
+  // Signatures are checked against the directory asynchronously: wait for the verdict.
+  await eventually(() => js.messages(conv).find((x) => x.opId === sent.op_id).verified, { what: 'the Python device signature verifies in JS' });
   await py.call('edit', { conv, op_id: sent.op_id, text: 'edited in Python' });
   await eventually(() => js.messages(conv).find((x) => x.opId === sent.op_id)?.text === 'edited in Python');
   const shown = (await py.call('messages', { conv })).messages.map((x) => x.text);
   assert.deepEqual(shown, js.messages(conv).map((x) => x.text));
 });
 
-test('E2EE both ways: Python encrypts → JS decrypts, JS encrypts → Python decrypts', { skip: !pythonHasE2ee && 'the Python SDK has no E2EE yet' }, async () => {
+test('E2EE both ways: Python encrypts → JS decrypts, JS encrypts → Python decrypts', async () => {
   const py = await pythonUser('py');
   const js = await jsUser('js');
   const conv = await js.direct(py.name);
