@@ -15,6 +15,7 @@ from federation.config import load_federation_config
 from node import cli_mesh
 from node.config import ConfigError, NodeConfig, load_config
 from node.http_api import VERSION
+from node.logs import configure as configure_logs
 
 log = logging.getLogger("yanzi")
 
@@ -87,10 +88,7 @@ def _up(args: argparse.Namespace) -> int:
         args.config, data_dir=args.data_dir, host=args.host, port=args.port, region=args.region
     )
     fed_config = load_federation_config(args.config, nats_url=args.nats)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logs(config.log_level, config.log_format)
     from node.app import serve
 
     async def run() -> None:

@@ -59,6 +59,7 @@ class NodeConfig:
     max_clock_drift_ms: int = 60_000
     max_group_members: int = 10_000
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" (one readable line per event) or "json" (one object each)
     # garbage collection (node/gc_policy.py); gc_freeze_interval_s = 0: CPython's defaults
     gc_freeze_interval_s: float = 1.0
     gc_full_interval_s: float = 3600.0
@@ -103,6 +104,8 @@ class NodeConfig:
             raise ConfigError(
                 f"pwhash_level must be interactive/moderate/min, not {self.pwhash_level}"
             )
+        if self.log_format not in {"text", "json"}:
+            raise ConfigError(f"log_format must be text or json, not {self.log_format}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG/INFO/WARNING/ERROR, not {self.log_level}")
 

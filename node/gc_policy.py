@@ -4,10 +4,10 @@ A node holds every op of every conversation in memory (docs/operations.md §11).
 (generation 2) collection walks every tracked object, so with ~10^5 ops in memory one stalls the
 event loop for ~100 ms — it was the whole p99 of the 1:1 relay at 2 000 msgs/s
 (docs/benchmarks.md). Op logs, sessions and indexes live until the node stops and are not
-cyclic garbage, so every `freeze_every_s` (1 s by default) the policy runs a young collection (generations 0 and
-1: cheap, it frees recent cycles) and then `gc.freeze()`: the survivors move to the permanent
-generation, which collections skip. Automatic full collections then walk only what was
-allocated since the last freeze.
+cyclic garbage, so every `freeze_every_s` (1 s by default) the policy runs a young collection
+(generations 0 and 1: cheap, it frees recent cycles) and then `gc.freeze()`: the survivors move
+to the permanent generation, which collections skip. Automatic full collections then walk only
+what was allocated since the last freeze.
 
 The price: a cycle that became garbage after reaching generation 2 and before a freeze is kept.
 Every `full_every_s` the policy unfreezes everything and runs one full collection, which frees

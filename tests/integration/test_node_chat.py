@@ -161,6 +161,12 @@ async def test_metrics_count_each_new_op_once_from_every_endpoint(api: Api) -> N
     await a.send({"type": "typing", "conv": conv, "active": True})
     assert await a.request({"type": "ping"})
     assert await counts() == (3, 4, 3)
+    # The storage side: every durable op went through a group commit of the LMDB file.
+    assert await api.metric("yanzi_commit_batch_size_sum") >= 3  # the three new ops
+    assert await api.metric("yanzi_commit_seconds_count") >= 1
+    assert await api.metric("yanzi_commit_batch_size_count") >= 1
+    assert await api.metric("yanzi_lmdb_size_bytes") > 0
+    assert await api.metric("yanzi_ops_stored") == 3
 
 
 async def test_history_pages_backwards(api: Api) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -188,6 +189,28 @@ def test_start_and_clean_stop_log_the_real_url_and_no_nats_warning(tmp_path: Pat
     # A clean stop drains NATS on purpose: no "disconnected; reconnecting" warning.
     assert "disconnected from NATS (stopping)" in log
     assert "reconnecting" not in log
+
+
+@pytest.mark.integration
+async def test_json_logs_are_one_object_per_line_without_secrets(tmp_path: Path) -> None:
+    """A node with log_format = "json", DEBUG: every line is a JSON record, and the password,
+    the token and the message body it handled appear in none of them (nor in the text)."""
+    node = NodeProcess(
+        tmp_path / "data", env={"YANZI_LOG_FORMAT": "json", "YANZI_LOG_LEVEL": "DEBUG"}
+    ).start()
+    try:
+        body = "SECRET-BODY-" + os.urandom(8).hex()
+        token, _ = await _chat(node.url, [body])
+        assert (await _messages(node.url, token))[0] == [body]
+    finally:
+        assert node.stop() == 0
+    raw = node.read_log()
+    records = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    text = " ".join(r["msg"] for r in records)
+    assert "logged in" in text and "ready at" in text  # it did log the events
+    for secret in (PASSWORD, token, body, b64encode(body.encode())):
+        assert secret not in raw, secret
 
 
 def _loose(path: Path) -> list[str]:
