@@ -22,11 +22,15 @@ def load_or_create_key(data_dir: Path) -> SigningKey:
         seed = path.read_bytes()
         if len(seed) != 32:
             raise ValueError(f"{path} is corrupt: expected a 32-byte Ed25519 seed")
+        if path.stat().st_mode & 0o077:  # e.g. copied with a loose umask: tighten, say so
+            log.warning("%s was readable by others; its mode is now 0600", path)
+            path.chmod(0o600)
         return SigningKey(seed)
     key = SigningKey.generate()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if a stale tmp file exists
         os.write(fd, bytes(key))
         os.fsync(fd)
     finally:

@@ -250,3 +250,17 @@ def test_corrupt_pending_records_are_reported(operator: MeshFiles) -> None:
     (operator.data_dir / "roster-pending.json").write_bytes(b'{"records": 5}')
     with pytest.raises(MeshFilesError, match="corrupt"):
         operator.pending()
+
+
+def test_node_key_is_owner_only_even_over_a_stale_tmp_file_or_a_loose_copy(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "n"
+    data.mkdir()
+    (data / "node.key.tmp").write_bytes(b"left by a crash")
+    (data / "node.key.tmp").chmod(0o666)
+    key = load_or_create_key(data)
+    assert (data / "node.key").stat().st_mode & 0o777 == 0o600
+    (data / "node.key").chmod(0o644)  # e.g. restored by hand with the wrong mode
+    assert bytes(load_or_create_key(data)) == bytes(key)  # same identity, and tightened
+    assert (data / "node.key").stat().st_mode & 0o777 == 0o600

@@ -60,10 +60,14 @@ class Stack:
     metrics: FederationMetrics
     replicator: Replicator | None = None
     nc: Any = None
+    ae_page_bytes: int = FederationConfig().ae_page_bytes
 
     async def connect(self, url: str, mesh: StaticMesh) -> None:
         self.nc = await nats.connect(url, no_echo=True, max_reconnect_attempts=-1)
-        config = FederationConfig(ae_interval_s=3600, hello_interval_s=0.1, peer_timeout_s=5)
+        config = FederationConfig(
+            ae_interval_s=3600, hello_interval_s=0.1, peer_timeout_s=5,
+            ae_page_bytes=self.ae_page_bytes,
+        )  # fmt: skip
         self.replicator = Replicator(
             nc=self.nc, hub=self.hub, key=self.key, mesh=mesh, config=config,
             metrics=self.metrics, audit=self.audit, region="r", urls=[],
@@ -113,6 +117,7 @@ async def test_live_replication_interest_and_partition_heal(
 ) -> None:
     a = await make_stack(tmp_path, "a", {"alice"})
     b = await make_stack(tmp_path, "b", {"bob"})
+    a.ae_page_bytes = b.ae_page_bytes = 16 * 1024  # small pages: the heal takes many of them
     mesh = StaticMesh({a.hub.node_id, b.hub.node_id}, MESH)
     await a.connect(natsd.url, mesh)
     await b.connect(natsd.url, mesh)
@@ -149,6 +154,13 @@ async def test_live_replication_interest_and_partition_heal(
     await eventually(lambda: len(a.hub.logs[ConvId("g1")]) == 622 == len(b.hub.logs[ConvId("g1")]))
     assert view(a, "g1") == view(b, "g1")
     assert a.hub.logs[ConvId("g1")].version_vector == b.hub.logs[ConvId("g1")].version_vector
+    # 300 ops of ~700 bytes each way do not fit one 16 KiB page: the pulls went page by page
+    # (an ae_rep with more=true, then the next), and every page stayed within its budget.
+    pages = [
+        s.metrics.envelopes_in.labels("ae_rep")._value.get() for s in (a, b)
+    ]  # digest replies are ae_rep too: one per round, so > 3 means op pages were paged
+    assert min(pages) > 3, pages
+    assert max(s.metrics.ae_ops._value.get() for s in (a, b)) > 0
 
     await a.disconnect()
     await b.disconnect()
