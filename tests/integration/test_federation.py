@@ -536,3 +536,42 @@ async def test_invites_expire_and_are_single_use(mesh: Mesh, http: aiohttp.Clien
 
     await eventually(loser_dropped, timeout=20)
     assert loser.node_id not in members_up(await status(http, a))
+
+
+async def test_revoke_removes_a_running_node(mesh: Mesh, http: aiohttp.ClientSession) -> None:
+    """`yanzi mesh revoke NODE --url` at the operator's node: the roster drops it at once, its
+    envelopes are refused and audited, /v1/edges stops listing it, its writes stop arriving."""
+    server = await mesh.standalone_nats()
+    a = mesh.init("a", "cn-east", server)
+    b = mesh.join("b", "cn-south", server)
+    c = mesh.join("c", "cn-west", server)
+    await mesh.start(a, b, c)
+    await wait_mesh_up(http, [a, b, c])
+
+    revoked = yanzi("mesh", "revoke", c.node_id, "--data-dir", str(a.data_dir), "--url", a.url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked {c.node_id}" in revoked.stdout
+    revoked_ms = now_ms()
+
+    async def gone_everywhere() -> bool:
+        for node in (a, b):
+            found = await status(http, node)
+            if c.node_id in members_up(found) or c.node_id not in found["revoked"]:
+                return False
+        return True
+
+    await eventually(gone_everywhere, timeout=30, interval=0.1)  # B learnt it from A
+    async with http.get(a.url + "/v1/edges") as resp:
+        edges = await resp.json()
+    assert c.node_id not in {e["node"] for e in edges["edges"]}
+
+    def c_dropped() -> bool:  # C still says hello every few seconds: refused and audited
+        return any(
+            e["ts_ms"] >= revoked_ms and e.get("reason") == "not_in_roster"
+            and e.get("sender") == c.node_id
+            for e in a.audit_entries()
+        )  # fmt: skip
+
+    await eventually(c_dropped, timeout=20)
+    shown = await asyncio.to_thread(yanzi, "mesh", "status", "--url", a.url)
+    assert shown.returncode == 0 and f"revoked: {c.node_id}" in shown.stdout, shown
