@@ -277,3 +277,21 @@ test('TOFU: a changed device key raises keyChanged and leaves the device untrust
   await alice.trust(bob.name, device.device);
   await eventually(() => alice.messages(conv).find((m) => m.text === 'new key')?.verified === true, { what: 'verified after trust' });
 });
+
+test('a replayed ciphertext is detected: a replay event, and the copy stays hidden', async () => {
+  const alice = await user('alice');
+  const bob = await user('bob');
+  const conv = await alice.direct(bob.name);
+  const original = await alice.send(conv, 'pay bob 10 yuan');
+  await eventually(() => textOf(bob, conv).includes('pay bob 10 yuan'), { what: 'bob reads it' });
+  // Someone holding alice's token posts the same ciphertext as a new op (a new cmid, no
+  // attrs.cmid: this node does not require device signatures). The E2EE layer must catch it.
+  const op = bob.logOf(conv).ops.get(original.opId);
+  const replay = nextEvent(bob, 'replay');
+  const copy = await alice.http('POST', '/v1/ops', { cmid: unique('replay'), conv, kind: 'message', body: op.content.body });
+  const seen = await replay;
+  assert.deepEqual(seen, { conv, opId: copy.op_id, original: original.opId, user: alice.name, device: seen.device });
+  assert.equal(seen.device, op.content.device);
+  assert.deepEqual(textOf(bob, conv), ['pay bob 10 yuan']);
+  assert.ok(!bob.messages(conv).some((m) => m.opId === copy.op_id), 'the replay is not shown');
+});
