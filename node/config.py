@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.errors import NodeError
+from node.logs import FORMATS as LOG_FORMATS
 
 _C = TypeVar("_C")
 
@@ -104,7 +105,7 @@ class NodeConfig:
             raise ConfigError(
                 f"pwhash_level must be interactive/moderate/min, not {self.pwhash_level}"
             )
-        if self.log_format not in {"text", "json"}:
+        if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be text or json, not {self.log_format}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG/INFO/WARNING/ERROR, not {self.log_level}")

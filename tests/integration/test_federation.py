@@ -477,6 +477,15 @@ def yanzi(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def refused_since(node: MeshNode, sender: MeshNode, since_ms: int) -> bool:
+    """`node` audited an envelope of `sender` refused as outside the roster since `since_ms`."""
+    return any(
+        e["ts_ms"] >= since_ms and e.get("reason") == "not_in_roster"
+        and e.get("sender") == sender.node_id
+        for e in node.audit_entries()
+    )  # fmt: skip
+
+
 async def test_invites_expire_and_are_single_use(mesh: Mesh, http: aiohttp.ClientSession) -> None:
     nats_server = await mesh.standalone_nats()
     a = mesh.init("a", "cn-east", nats_server)
@@ -527,14 +536,7 @@ async def test_invites_expire_and_are_single_use(mesh: Mesh, http: aiohttp.Clien
     # The loser is refused from then on: its requests to A are dropped and audited.
     settled_ms = now_ms()
 
-    def loser_dropped() -> bool:
-        return any(
-            e["ts_ms"] >= settled_ms and e.get("reason") == "not_in_roster"
-            and e.get("sender") == loser.node_id
-            for e in a.audit_entries()
-        )  # fmt: skip
-
-    await eventually(loser_dropped, timeout=20)
+    await eventually(lambda: refused_since(a, loser, settled_ms), timeout=20)
     assert loser.node_id not in members_up(await status(http, a))
 
 
@@ -565,13 +567,7 @@ async def test_revoke_removes_a_running_node(mesh: Mesh, http: aiohttp.ClientSes
         edges = await resp.json()
     assert c.node_id not in {e["node"] for e in edges["edges"]}
 
-    def c_dropped() -> bool:  # C still says hello every few seconds: refused and audited
-        return any(
-            e["ts_ms"] >= revoked_ms and e.get("reason") == "not_in_roster"
-            and e.get("sender") == c.node_id
-            for e in a.audit_entries()
-        )  # fmt: skip
-
-    await eventually(c_dropped, timeout=20)
+    # C still says hello every few seconds: refused and audited.
+    await eventually(lambda: refused_since(a, c, revoked_ms), timeout=20)
     shown = await asyncio.to_thread(yanzi, "mesh", "status", "--url", a.url)
     assert shown.returncode == 0 and f"revoked: {c.node_id}" in shown.stdout, shown
